@@ -1,0 +1,177 @@
+"""Campaign management: validated settings, status transitions, enqueue."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+from dialer.sql import Q
+from scheduler.hours import BusinessHours, HoursError
+
+_E164 = re.compile(r"^\+[1-9][0-9]{6,14}$")
+
+
+class CampaignError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class CampaignSpec:
+    name: str
+    provider: str = "simulator"
+    caller_id: str | None = None
+    ring_timeout_seconds: int = 30
+    retry_wait_seconds: int = 600
+    max_retries: int = 2
+    max_concurrent_calls: int = 10
+    max_calls_per_second: int = 5
+    max_call_duration_seconds: int = 3600
+    starts_at: dt.datetime | None = None
+    ends_at: dt.datetime | None = None
+    time_zone: str = "UTC"
+    business_hours: list[dict[str, Any]] | None = None
+
+    def validate(self) -> list[dict[str, Any]] | None:
+        """Raise CampaignError naming every bad field; return the normalized business hours."""
+        errors: list[str] = []
+
+        def rng(field: str, lo: int, hi: int) -> None:
+            value = getattr(self, field)
+            if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+                errors.append(f"{field}: {value!r} must be an integer between {lo} and {hi}")
+
+        if not isinstance(self.name, str) or not 1 <= len(self.name) <= 200 or self.name.strip() != self.name:
+            errors.append(f"name: {self.name!r} must be 1-200 characters without surrounding spaces")
+        if not re.fullmatch(r"[a-z0-9_\-]{1,64}", self.provider or ""):
+            errors.append(f"provider: {self.provider!r} is not a provider name")
+        if self.caller_id is not None and not _E164.match(self.caller_id):
+            errors.append(f"caller_id: {self.caller_id!r} is not an E.164 number (+ and 7-15 digits)")
+        rng("ring_timeout_seconds", 5, 300)
+        rng("retry_wait_seconds", 0, 30 * 86400)
+        rng("max_retries", 0, 100)
+        rng("max_concurrent_calls", 1, 100_000)
+        rng("max_calls_per_second", 1, 10_000)
+        rng("max_call_duration_seconds", 10, 86400)
+        for field in ("starts_at", "ends_at"):
+            value = getattr(self, field)
+            if value is not None and value.tzinfo is None:
+                errors.append(f"{field}: {value.isoformat()} needs a UTC offset")
+        if self.starts_at and self.ends_at and self.starts_at.tzinfo and self.ends_at.tzinfo \
+                and self.ends_at <= self.starts_at:
+            errors.append("ends_at: must be after starts_at")
+        hours: list[dict[str, Any]] | None = None
+        try:
+            parsed = BusinessHours.parse(self.business_hours, self.time_zone)
+            hours = None if self.business_hours is None else list(parsed.to_json())
+        except HoursError as exc:
+            errors.append(str(exc) if "time zone" in str(exc) else f"business_hours: {exc}")
+        if errors:
+            raise CampaignError("invalid campaign:\n  " + "\n  ".join(errors))
+        return hours
+
+
+# created → running ⇄ paused → stopped; finished is set by the worker when nothing is left.
+_TRANSITIONS: dict[str, tuple[str, ...]] = {
+    "start": ("created",),
+    "pause": ("running",),
+    "resume": ("paused",),
+    "stop": ("created", "running", "paused", "finished"),
+}
+_TARGET = {"start": "running", "pause": "paused", "resume": "running", "stop": "stopped"}
+
+
+async def create(conn: asyncpg.Connection, spec: CampaignSpec, now: dt.datetime) -> asyncpg.Record:
+    hours = spec.validate()
+    try:
+        row: asyncpg.Record = await conn.fetchrow(
+            Q.campaign_insert, spec.name, spec.provider, spec.caller_id, spec.ring_timeout_seconds,
+            spec.retry_wait_seconds, spec.max_retries, spec.max_concurrent_calls, spec.max_calls_per_second,
+            spec.max_call_duration_seconds, spec.starts_at, spec.ends_at, spec.time_zone, hours, now,
+        )
+    except asyncpg.UniqueViolationError:
+        raise CampaignError(f"a campaign named {spec.name!r} already exists") from None
+    return row
+
+
+async def get(conn: asyncpg.Connection, name: str) -> asyncpg.Record:
+    row: asyncpg.Record | None = await conn.fetchrow(Q.campaign_by_name, name)
+    if row is None:
+        raise CampaignError(f"no campaign named {name!r}")
+    return row
+
+
+async def transition(conn: asyncpg.Connection, name: str, action: str, now: dt.datetime,
+                     reason: str | None = None) -> asyncpg.Record:
+    if action not in _TRANSITIONS:
+        raise CampaignError(f"unknown action {action!r}")
+    row: asyncpg.Record | None = await conn.fetchrow(
+        Q.campaign_transition, name, _TARGET[action], list(_TRANSITIONS[action]), reason or action, now
+    )
+    if row is None:
+        current = await get(conn, name)
+        raise CampaignError(f"cannot {action} campaign {name!r}: it is {current['status']}")
+    return row
+
+
+async def summary(conn: asyncpg.Connection, name: str) -> dict[str, Any]:
+    row = await get(conn, name)
+    numbers = {r["status"]: r["n"] for r in await conn.fetch(Q.campaign_counts, row["id"])}
+    attempts = {r["outcome"]: r["n"] for r in await conn.fetch(Q.campaign_attempt_counts, row["id"])}
+    return {**to_json(row), "numbers": numbers, "attempts": attempts}
+
+
+def to_json(row: asyncpg.Record) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in row.items():
+        if key in ("window_opens_at", "window_closes_at", "last_claimed_at"):
+            continue
+        out[key] = value.isoformat() if isinstance(value, dt.datetime) else value
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class NumberRow:
+    phone: str
+    caller_id: str | None = None
+    dtmf: str | None = None
+    priority: int = 0
+    payload: Any = None
+    line: int = 0
+
+
+async def enqueue(conn: asyncpg.Connection, campaign_id: int, rows: Iterable[NumberRow], now: dt.datetime,
+                  *, chunk: int = 50_000) -> int:
+    """COPY rows into a staging table and merge them in one transaction; returns rows added.
+
+    Duplicates (in the batch or already queued) are skipped, so loading a file twice adds nothing.
+    """
+    added = 0
+    async with conn.transaction():
+        await conn.execute(Q.stage_create)
+        for batch in _chunks(rows, chunk):
+            await conn.copy_records_to_table(
+                "dialer_stage",
+                records=[(r.line, r.phone, r.caller_id, r.dtmf, r.priority, r.payload) for r in batch],
+                columns=["line", "phone", "caller_id", "dtmf", "priority", "payload"],
+            )
+        status = await conn.execute(Q.stage_merge, campaign_id, now)
+        added = int(status.split()[-1])
+        if added:
+            await conn.execute(Q.reopen_finished, campaign_id, now)
+    return added
+
+
+def _chunks(rows: Iterable[NumberRow], size: int) -> Iterator[list[NumberRow]]:
+    batch: list[NumberRow] = []
+    for row in rows:
+        batch.append(row)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch

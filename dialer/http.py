@@ -1,0 +1,79 @@
+"""The worker's HTTP face: provider callbacks, metrics, health."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+import metrics
+from dialer.providers.base import CallbackError
+from dialer.worker import Worker
+
+log = logging.getLogger(__name__)
+
+WORKER: web.AppKey[Worker] = web.AppKey("worker", Worker)
+MAX_CALLBACK_BYTES = 64 * 1024
+
+
+async def callback(request: web.Request) -> web.Response:
+    worker = request.app[WORKER]
+    name = request.match_info["provider"]
+    provider = worker.providers.get(name)
+    if provider is None:
+        raise web.HTTPNotFound(text="unknown provider")
+    counter = metrics.CALLBACKS
+    body = await request.read()
+    try:
+        event = provider.parse_callback(request.headers, body)
+        uuid.UUID(event.attempt_id)
+    except CallbackError as exc:
+        counter.labels(name, exc.reason).inc()
+        status = 401 if exc.reason == "bad_signature" else 400
+        return web.json_response({"error": exc.reason}, status=status)
+    except ValueError:
+        counter.labels(name, "malformed").inc()
+        return web.json_response({"error": "malformed"}, status=400)
+    try:
+        result = await worker.apply_event(event)
+    except Exception:
+        # Not durable: answer 5xx so the provider redelivers (the sweeper is the last resort).
+        log.exception("could not record callback")
+        counter.labels(name, "error").inc()
+        return web.json_response({"error": "unavailable"}, status=503)
+    counter.labels(name, result).inc()
+    if result == "unknown_attempt":
+        return web.json_response({"error": "unknown attempt"}, status=404)
+    return web.json_response({"result": result})
+
+
+async def metrics_endpoint(request: web.Request) -> web.Response:
+    return web.Response(body=generate_latest(metrics.REGISTRY), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    worker = request.app[WORKER]
+    if worker.draining or not worker.ready:
+        return web.json_response({"status": "draining" if worker.draining else "starting"}, status=503)
+    try:
+        async with worker.pool.acquire(timeout=2) as conn:
+            await conn.fetchval("SELECT 1")
+    except Exception as exc:
+        return web.json_response({"status": "database unreachable", "error": type(exc).__name__}, status=503)
+    return web.json_response({"status": "ready"})
+
+
+def make_app(worker: Worker) -> web.Application:
+    app = web.Application(client_max_size=MAX_CALLBACK_BYTES)
+    app[WORKER] = worker
+    app.router.add_post("/callbacks/{provider}", callback)
+    app.router.add_get("/metrics", metrics_endpoint)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    return app

@@ -1,0 +1,87 @@
+"""The provider edge: what every telephony adapter implements."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from scheduler.outcomes import Outcome
+
+
+@dataclass(frozen=True, slots=True)
+class StartRequest:
+    attempt_id: str  # idempotency key: the provider may see it twice, it must dial once
+    phone: str
+    caller_id: str | None
+    dtmf: str | None
+    ring_timeout_seconds: int
+    callback_url: str
+    campaign: str
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    call_id: str
+
+
+StartErrorKind = Literal["not_sent", "rejected", "rate_limited", "ambiguous"]
+
+
+class StartError(Exception):
+    """A start request that did not produce a call id.
+
+    not_sent / rate_limited: provably never reached the network or was refused unprocessed —
+    safe to requeue without consuming an attempt. rejected: the provider refused the call for a
+    reason that says something about the number or the account (`outcome`). ambiguous: the
+    request may have been processed (timeout, 5xx after sending): reconcile, never redial blind.
+    """
+
+    def __init__(self, kind: StartErrorKind, message: str, *, outcome: Outcome | None = None,
+                 raw_status: str | None = None) -> None:
+        super().__init__(message)
+        self.kind: StartErrorKind = kind
+        self.outcome = outcome
+        self.raw_status = raw_status
+
+
+class ProviderUnavailable(Exception):
+    """A lookup could not be answered now; try again later."""
+
+
+class CallbackError(Exception):
+    def __init__(self, reason: Literal["bad_signature", "malformed"], message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class CallEvent:
+    """A call's state as the provider reports it, by callback or lookup, already normalized."""
+
+    attempt_id: str
+    call_id: str | None
+    kind: Literal["ringing", "answered", "ended"]
+    outcome: Outcome | None = None
+    answered_at: dt.datetime | None = None
+    ended_at: dt.datetime | None = None
+    duration_seconds: float = 0.0
+    billsec: int = 0
+    raw_status: str | None = None
+    raw_cause: str | None = None
+    sip_code: int | None = None
+
+
+class Provider(Protocol):
+    name: str
+
+    async def start_call(self, request: StartRequest) -> Accepted: ...
+
+    async def lookup(self, attempt_id: str, call_id: str | None) -> CallEvent | None:
+        """The call as the provider knows it, or None when it never received the start request."""
+        ...
+
+    def parse_callback(self, headers: Mapping[str, str], body: bytes) -> CallEvent: ...
+
+    async def close(self) -> None: ...

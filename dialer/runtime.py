@@ -1,0 +1,92 @@
+"""Process wiring: database (DSN or embedded), providers, worker, HTTP server, signals."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import AsyncIterator
+
+import asyncpg
+from aiohttp import web
+
+from dialer import db
+from dialer.clock import Clock, SystemClock
+from dialer.http import make_app
+from dialer.providers.base import Provider
+from dialer.providers.simulated import SimulatedProvider
+from dialer.settings import Settings, SettingsError
+from dialer.worker import Worker
+
+log = logging.getLogger(__name__)
+
+
+def install_uvloop() -> None:
+    if sys.platform != "win32":
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+@contextlib.asynccontextmanager
+async def database(settings: Settings) -> AsyncIterator[str]:
+    """Yield a DSN: DATABASE_URL untouched, else an embedded PostgreSQL kept in data_dir."""
+    if settings.database_url:
+        yield settings.database_url
+        return
+    server = await asyncio.to_thread(db.EmbeddedPostgres, db.default_embedded_dir(settings.data_dir))
+    admin = server.dsn("postgres")
+    await db.ensure_database(admin, "dialer")
+    log.info("using embedded PostgreSQL in %s", server.path)
+    yield server.dsn("dialer")
+
+
+def build_providers(settings: Settings) -> dict[str, Provider]:
+    simulator = SimulatedProvider(
+        settings.provider_url,
+        settings.provider_api_key.get(),
+        settings.callback_secret.get(),
+        timeout_seconds=settings.provider_timeout_seconds,
+        max_connections=settings.max_inflight_requests,
+        max_calls_per_second=settings.provider_max_calls_per_second,
+    )
+    return {simulator.name: simulator}
+
+
+async def run_worker(settings: Settings, *, dsn: str, stop: asyncio.Event | None = None,
+                     clock: Clock | None = None) -> Worker:
+    """Serve until `stop` (or SIGTERM/SIGINT), drain, and return the worker."""
+    if not settings.callback_secret:
+        raise SettingsError("invalid settings:\n  DIALER_CALLBACK_SECRET: required to verify provider callbacks")
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    pool = await db.create_pool(dsn, size=settings.db_pool_size)
+    providers = build_providers(settings)
+    worker = Worker(settings, pool, providers, clock or SystemClock())
+    runner = web.AppRunner(make_app(worker), access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.http_host, settings.http_port, shutdown_timeout=1.0)
+    await site.start()
+    log.info("worker %s serving on %s:%s", worker.id, settings.http_host, settings.http_port)
+    try:
+        await worker.run(stop, close_http=runner.cleanup)
+    finally:
+        await runner.cleanup()
+        for provider in providers.values():
+            await provider.close()
+        await pool.close()
+    log.info("worker %s stopped", worker.id)
+    return worker
+
+
+async def migrate(dsn: str) -> list[str]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return await db.migrate(conn)
+    finally:
+        await conn.close()

@@ -1,0 +1,502 @@
+"""The worker: claim under the campaign's pacing rules, start calls, record outcomes, sweep.
+
+Per-attempt work is kept small (one task per in-flight start request, plain tuples, batched
+writes) because the HTTP leg already costs most of a core at a few thousand calls per second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+
+import metrics
+from dialer.clock import Clock
+from dialer.providers.base import CallEvent, Provider, ProviderUnavailable, StartError, StartRequest
+from dialer.settings import Settings
+from dialer.sql import Q
+from scheduler.hours import BusinessHours, HoursError
+from scheduler.outcomes import Outcome, classify
+
+log = logging.getLogger(__name__)
+
+# How long the sweeper holds an overdue attempt while it asks the provider about it.
+_SWEEP_LEASE_SECONDS = 30
+_SWEEP_BATCH = 200
+
+
+@dataclass(slots=True)
+class _Outcome:
+    event: CallEvent
+    future: asyncio.Future[str] | None
+
+
+@dataclass
+class _Buffers:
+    accepted: list[tuple[uuid.UUID, str, dt.datetime]] = field(default_factory=list)
+    answered: list[tuple[uuid.UUID, dt.datetime, str | None, asyncio.Future[None] | None]] = field(
+        default_factory=list
+    )
+    outcomes: list[_Outcome] = field(default_factory=list)
+    release: list[uuid.UUID] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.accepted or self.answered or self.outcomes or self.release)
+
+
+class Worker:
+    def __init__(
+        self,
+        settings: Settings,
+        pool: asyncpg.Pool,
+        providers: dict[str, Provider],
+        clock: Clock,
+        *,
+        worker_id: uuid.UUID | None = None,
+    ) -> None:
+        self.settings = settings
+        self.pool = pool
+        self.providers = providers
+        self.clock = clock
+        self.id = worker_id or uuid.uuid4()  # a fresh identity per process, never reused
+        self.labels = metrics.CampaignLabels(settings.metrics_max_campaigns)
+        self.draining = False
+        self.ready = False
+        self._wake = asyncio.Event()
+        self._flush_now = asyncio.Event()
+        self._buffers = _Buffers()
+        self._inflight: dict[uuid.UUID, asyncio.Task[None]] = {}
+        self._sent: set[uuid.UUID] = set()
+        self._slots_free = asyncio.Event()
+        self._flush_lock = asyncio.Lock()
+        self._listener: asyncpg.Connection | None = None
+        self._callback_url = settings.callback_base_url + "/callbacks/{provider}"
+
+    # ---------------------------------------------------------------- lifecycle
+
+    async def run(self, stop: asyncio.Event,
+                  close_http: Callable[[], Awaitable[None]] | None = None) -> None:
+        """Run until `stop` is set, then drain. A dying side task stops the worker (and re-raises).
+
+        `close_http` stops the HTTP server during the drain, after in-flight start requests and
+        before the flusher stops: callback handlers wait on the flusher to make them durable.
+        """
+        now = self.clock.now()
+        async with self.pool.acquire() as conn:
+            await conn.execute(Q.worker_register, self.id, socket.gethostname(), os.getpid(), now)
+        await self._listen()
+        side = [
+            asyncio.create_task(self._flusher(), name="flusher"),
+            asyncio.create_task(self._periodic(self.settings.heartbeat_interval_seconds, self.heartbeat),
+                                name="heartbeat"),
+            asyncio.create_task(self._periodic(self.settings.maintenance_interval_seconds, self.maintain),
+                                name="maintenance"),
+            asyncio.create_task(self._periodic(self.settings.stats_interval_seconds, self.refresh_stats),
+                                name="stats"),
+        ]
+        claimer = asyncio.create_task(self._claim_loop(), name="claimer")
+        stopper = asyncio.create_task(stop.wait(), name="stop")
+        self.ready = True
+        try:
+            done, _ = await asyncio.wait([stopper, claimer, *side], return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if task is not stopper and not task.cancelled() and task.exception() is not None:
+                    raise task.exception()  # type: ignore[misc]
+        finally:
+            self.ready = False
+            await self._drain(claimer, side, stopper, close_http)
+
+    async def _drain(self, claimer: asyncio.Task[None], side: list[asyncio.Task[None]],
+                     stopper: asyncio.Task[bool], close_http: Callable[[], Awaitable[None]] | None) -> None:
+        self.draining = True
+        metrics.DRAINING.set(1)
+        stopper.cancel()
+        claimer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await claimer
+        # In-flight start requests get the grace period to finish; whatever has not been sent by
+        # then is cancelled and released without counting as an attempt.
+        pending = list(self._inflight.values())
+        if pending:
+            _, still = await asyncio.wait(pending, timeout=self.settings.shutdown_grace_seconds)
+            for task in still:
+                task.cancel()
+            if still:
+                await asyncio.wait(still)
+        await self.flush()
+        if close_http is not None:
+            await close_http()
+        for task in side:
+            task.cancel()
+        await asyncio.gather(*side, return_exceptions=True)
+        await self.flush()
+        if self._listener is not None:
+            with contextlib.suppress(Exception):
+                await self._listener.close()
+        with contextlib.suppress(Exception):
+            async with self.pool.acquire() as conn:
+                await conn.execute(Q.worker_deregister, self.id)
+        metrics.DRAINING.set(0)
+
+    async def _listen(self) -> None:
+        conn = await self.pool.acquire()
+        self._listener = conn
+
+        def on_notify(*_: object) -> None:
+            self._wake.set()
+
+        await conn.add_listener("dialer_due", on_notify)
+
+    async def _periodic(self, every: float, fn: Callable[[], Awaitable[Any]]) -> None:
+        while True:
+            try:
+                await fn()
+            except (asyncpg.PostgresConnectionError, OSError) as exc:
+                # A database blip must not kill the worker; a bug (anything else) must.
+                log.warning("%s failed, retrying: %s", getattr(fn, "__name__", fn), exc)
+            await asyncio.sleep(every)
+
+    # ---------------------------------------------------------------- claiming and dialing
+
+    async def _claim_loop(self) -> None:
+        s = self.settings
+        while True:
+            free = s.max_inflight_requests - len(self._inflight)
+            if free <= 0:
+                self._slots_free.clear()
+                await self._slots_free.wait()
+                continue
+            self._wake.clear()
+            try:
+                got = await self.claim_and_dial(min(free, s.claim_batch_size))
+            except (asyncpg.PostgresConnectionError, OSError) as exc:
+                log.warning("claim failed, retrying: %s", exc)
+                got = 0
+            if got >= min(free, s.claim_batch_size):
+                await asyncio.sleep(0)  # more may be due right away; let sends and callbacks run
+                continue
+            # Short poll while due work may be held back only by a per-second cap (it frees up
+            # within a second); otherwise sleep until NOTIFY (new work, freed capacity) or the poll.
+            timeout = s.rate_poll_interval_seconds if got > 0 else s.poll_interval_seconds
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+
+    async def claim_and_dial(self, limit: int) -> int:
+        now = self.clock.now()
+        started = time.perf_counter()
+        async with self.pool.acquire() as conn:
+            rows = await conn.fetch(Q.claim, self.id, limit, now, self.settings.dial_timeout_seconds)
+        metrics.CLAIM_SECONDS.observe(time.perf_counter() - started)
+        metrics.CLAIM_BATCH.observe(len(rows))
+        for row in rows:
+            attempt_id: uuid.UUID = row["attempt_id"]
+            self._inflight[attempt_id] = asyncio.create_task(self._dial(row))
+        metrics.INFLIGHT_REQUESTS.set(len(self._inflight))
+        return len(rows)
+
+    async def _dial(self, row: asyncpg.Record) -> None:
+        attempt_id: uuid.UUID = row["attempt_id"]
+        provider_name: str = row["provider"]
+        campaign = self.labels(row["campaign"])
+        try:
+            provider = self.providers.get(provider_name)
+            if provider is None:
+                self._push_outcome(_failed(attempt_id, Outcome.ACCOUNT_ERROR, f"no provider {provider_name!r}"))
+                return
+            request = StartRequest(
+                attempt_id=str(attempt_id),
+                phone=row["phone"],
+                caller_id=row["caller_id"],
+                dtmf=row["dtmf"],
+                ring_timeout_seconds=row["ring_timeout_seconds"],
+                callback_url=self._callback_url.format(provider=provider_name),
+                campaign=row["campaign"],
+            )
+            self._sent.add(attempt_id)
+            metrics.ATTEMPTS_STARTED.labels(campaign).inc()
+            try:
+                accepted = await provider.start_call(request)
+            except StartError as exc:
+                self._start_failed(attempt_id, exc)
+                return
+            deadline = self.clock.now() + dt.timedelta(
+                seconds=row["ring_timeout_seconds"] + self.settings.reconcile_grace_seconds
+            )
+            self._buffers.accepted.append((attempt_id, accepted.call_id, deadline))
+        except asyncio.CancelledError:
+            # Cancelled by the drain. Before the provider call began, nothing left this process.
+            if attempt_id not in self._sent:
+                self._buffers.release.append(attempt_id)
+            raise
+        finally:
+            self._sent.discard(attempt_id)
+            del self._inflight[attempt_id]
+            metrics.INFLIGHT_REQUESTS.set(len(self._inflight))
+            self._slots_free.set()
+
+    def _start_failed(self, attempt_id: uuid.UUID, exc: StartError) -> None:
+        if exc.kind == "ambiguous":
+            # The provider may have the call. Leave the attempt live and let the sweeper look it up
+            # by its idempotency key soon; a blind redial could ring a person twice.
+            log.info("ambiguous start for %s: %s", attempt_id, exc)
+            return
+        outcome = exc.outcome if exc.kind == "rejected" and exc.outcome else Outcome.PROVIDER_ERROR
+        self._push_outcome(_failed(attempt_id, outcome, exc.raw_status or exc.kind))
+
+    # ---------------------------------------------------------------- outcomes
+
+    def _push_outcome(self, event: CallEvent, future: asyncio.Future[str] | None = None) -> None:
+        self._buffers.outcomes.append(_Outcome(event, future))
+        if len(self._buffers.outcomes) >= 500:
+            self._flush_now.set()
+
+    async def apply_event(self, event: CallEvent) -> str:
+        """Apply a provider callback durably; returns applied / duplicate / unknown_attempt."""
+        attempt_id = uuid.UUID(event.attempt_id)
+        loop = asyncio.get_running_loop()
+        if event.kind == "ended":
+            fut: asyncio.Future[str] = loop.create_future()
+            self._push_outcome(event, fut)
+            return await fut
+        if event.kind == "answered":
+            done: asyncio.Future[None] = loop.create_future()
+            when = event.answered_at or self.clock.now()
+            self._buffers.answered.append((attempt_id, when, event.call_id, done))
+            await done
+            return "applied"
+        return "applied"  # ringing carries nothing the accepted flush does not already record
+
+    async def _flusher(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._flush_now.wait(), self.settings.flush_interval_seconds)
+            self._flush_now.clear()
+            if self._buffers:
+                await self.flush()
+
+    async def flush(self) -> None:
+        # Serialised: a caller that flushes (the sweeper, the drain) must find its items written
+        # when flush returns, even if the background flusher had already taken them.
+        async with self._flush_lock:
+            await self._flush()
+
+    async def _flush(self) -> None:
+        buffers, self._buffers = self._buffers, _Buffers()
+        if not buffers:
+            return
+        now = self.clock.now()
+        try:
+            async with self.pool.acquire() as conn:
+                if buffers.release:
+                    await conn.execute(Q.release_attempts, buffers.release, now)
+                if buffers.accepted:
+                    ids, calls, deadlines = zip(*buffers.accepted, strict=True)
+                    await conn.execute(Q.mark_accepted, list(ids), list(calls), list(deadlines))
+                if buffers.answered:
+                    await conn.execute(
+                        Q.mark_answered,
+                        [a[0] for a in buffers.answered],
+                        [a[1] for a in buffers.answered],
+                        [a[2] for a in buffers.answered],
+                    )
+                if buffers.outcomes:
+                    await self._record(conn, buffers.outcomes, now)
+        except BaseException as exc:
+            for o in buffers.outcomes:
+                if o.future is not None and not o.future.done():
+                    o.future.set_exception(exc if isinstance(exc, Exception) else RuntimeError("shutdown"))
+            for a in buffers.answered:
+                if a[3] is not None and not a[3].done():
+                    a[3].set_exception(exc if isinstance(exc, Exception) else RuntimeError("shutdown"))
+            if isinstance(exc, Exception) and not isinstance(exc, asyncio.CancelledError):
+                # Keep the work: accepted marks and releases are retried on the next flush; a
+                # callback whose write failed was answered 5xx, so the provider redelivers it.
+                self._buffers.accepted.extend(buffers.accepted)
+                self._buffers.release.extend(buffers.release)
+                log.warning("flush failed, will retry: %s", exc)
+                return
+            raise
+        for a in buffers.answered:
+            if a[3] is not None and not a[3].done():
+                a[3].set_result(None)
+
+    async def _record(self, conn: asyncpg.Connection, items: Sequence[_Outcome], now: dt.datetime) -> None:
+        # One row per attempt per flush: a duplicate in the same batch is answered "duplicate".
+        first: dict[uuid.UUID, _Outcome] = {}
+        dupes: list[_Outcome] = []
+        for item in items:
+            key = uuid.UUID(item.event.attempt_id)
+            if key in first:
+                dupes.append(item)
+            else:
+                first[key] = item
+        cols: list[list[Any]] = [[] for _ in range(13)]
+        for key, item in first.items():
+            e = item.event
+            assert e.outcome is not None
+            klass = classify(e.outcome)
+            for col, value in zip(cols, (
+                key, e.outcome.value, klass.final, klass.consumes_attempt, klass.final_status,
+                e.answered_at, e.ended_at or now, e.duration_seconds, e.billsec, e.raw_status, e.raw_cause,
+                e.sip_code, e.call_id,
+            ), strict=True):
+                col.append(value)
+        rows = await conn.fetch(Q.record_outcomes, *cols, now, self.settings.requeue_backoff_seconds)
+        applied = {r["attempt_id"] for r in rows}
+        for r in rows:
+            metrics.OUTCOMES.labels(self.labels(r["campaign"]), r["outcome"], r["decision"]).inc()
+        missing = [k for k in first if k not in applied]
+        known: set[uuid.UUID] = set()
+        if missing:
+            known = {r["id"] for r in await conn.fetch("SELECT id FROM dialer_attempt WHERE id = ANY($1)",
+                                                       missing)}
+        for key, item in first.items():
+            if item.future is not None and not item.future.done():
+                item.future.set_result(
+                    "applied" if key in applied else "duplicate" if key in known else "unknown_attempt"
+                )
+        for item in dupes:
+            if item.future is not None and not item.future.done():
+                item.future.set_result("duplicate")
+
+    # ---------------------------------------------------------------- maintenance
+
+    async def heartbeat(self) -> None:
+        now = self.clock.now()
+        async with self.pool.acquire() as conn:
+            await conn.execute(Q.worker_heartbeat, self.id, now, self.draining)
+            # Rows of workers that died without deregistering; nothing depends on them but the count.
+            await conn.execute(Q.workers_prune, now - dt.timedelta(seconds=10 * self.settings.heartbeat_interval_seconds))
+            alive = await conn.fetchval(Q.workers_live, now - dt.timedelta(
+                seconds=3 * self.settings.heartbeat_interval_seconds))
+        metrics.WORKERS.set(alive)
+
+    async def maintain(self) -> None:
+        await self.refresh_windows()
+        await self.sweep()
+        now = self.clock.now()
+        async with self.pool.acquire() as conn:
+            for row in await conn.fetch(Q.finish_campaigns, now):
+                log.info("campaign %s finished", row["name"])
+
+    async def refresh_windows(self) -> None:
+        """Compute the business-hours window of running campaigns whose window is unset or over."""
+        now = self.clock.now()
+        async with self.pool.acquire() as conn:
+            rows = await conn.fetch(Q.campaigns_needing_window, now)
+            for row in rows:
+                try:
+                    hours = BusinessHours.parse(row["business_hours"], row["time_zone"])
+                except HoursError as exc:
+                    # Validated on write, so this means the stored data was edited by hand.
+                    log.error("campaign %s has invalid business hours: %s", row["id"], exc)
+                    continue
+                window = hours.window_at_or_after(now)
+                if window is None:
+                    continue
+                await conn.execute(Q.set_window, row["id"], window.opens_at, window.closes_at)
+                if window.opens_at <= now:
+                    self._wake.set()
+
+    async def sweep(self) -> int:
+        """Reconcile live attempts past their deadline through the provider's lookup."""
+        now = self.clock.now()
+        async with self.pool.acquire() as conn:
+            rows = await conn.fetch(Q.take_overdue, _SWEEP_BATCH, now, _SWEEP_LEASE_SECONDS)
+        if not rows:
+            return 0
+        release: list[uuid.UUID] = []
+        deadlines: list[tuple[uuid.UUID, dt.datetime, bool, str | None]] = []
+        for row in rows:
+            attempt_id: uuid.UUID = row["id"]
+            if attempt_id in self._inflight:
+                continue  # our own request is still running; its result will land
+            provider = self.providers.get(row["provider"])
+            give_up_at = row["claimed_at"] + dt.timedelta(
+                seconds=row["max_life_seconds"] + 2 * self.settings.reconcile_grace_seconds
+            )
+            try:
+                if provider is None:
+                    raise ProviderUnavailable(f"no provider {row['provider']!r} configured")
+                event = await provider.lookup(str(attempt_id), row["provider_call_id"])
+            except ProviderUnavailable as exc:
+                if now >= give_up_at:
+                    # The call is long over whatever happened; record it as unknown (which
+                    # consumes an attempt) rather than keep the number locked forever.
+                    self._push_outcome(_failed(attempt_id, Outcome.UNKNOWN, "lookup_unavailable"))
+                    metrics.RECONCILED.labels("unknown").inc()
+                log.warning("lookup of %s failed: %s", attempt_id, exc)
+                continue
+            if event is None:
+                if row["state"] == "dialing":
+                    release.append(attempt_id)  # the provider never got it: not an attempt
+                    metrics.RECONCILED.labels("never_sent").inc()
+                else:
+                    self._push_outcome(_failed(attempt_id, Outcome.UNKNOWN, "provider_lost_call"))
+                    metrics.RECONCILED.labels("unknown").inc()
+            elif event.kind == "ended":
+                self._push_outcome(event)
+                metrics.RECONCILED.labels("ended").inc()
+            elif now >= give_up_at:
+                self._push_outcome(_failed(attempt_id, Outcome.UNKNOWN, "exceeded_max_duration"))
+                metrics.RECONCILED.labels("unknown").inc()
+            else:
+                # Still ringing or talking: look again after the longest it can still last.
+                deadlines.append((attempt_id, min(give_up_at, now + dt.timedelta(
+                    seconds=self.settings.reconcile_grace_seconds)), True, event.call_id))
+                metrics.RECONCILED.labels("still_live").inc()
+        async with self.pool.acquire() as conn:
+            if release:
+                await conn.execute(Q.release_attempts, release, now)
+            if deadlines:
+                await conn.execute(Q.set_deadline, *[list(c) for c in zip(*deadlines, strict=True)])
+        await self.flush()
+        return len(rows)
+
+    async def refresh_stats(self) -> None:
+        now = self.clock.now()
+        async with self.pool.acquire() as conn:
+            rows = await conn.fetch(Q.backlog_stats, now)
+        metrics.HELD_BACK.clear()
+        for r in rows:
+            label = self.labels(r["name"])
+            due = int(r["due"])
+            live = int(r["live"])
+            metrics.DUE_BACKLOG.labels(label).set(due)
+            metrics.LIVE_ATTEMPTS.labels(label).set(live)
+            metrics.CONCURRENCY_CAP.labels(label).set(r["max_concurrent_calls"])
+            oldest = r["oldest_due"]
+            metrics.OLDEST_DUE.labels(label).set(oldest.timestamp() if oldest else 0)
+            if due:
+                metrics.HELD_BACK.labels(label, held_back_reason(r)).set(due)
+
+
+def held_back_reason(r: asyncpg.Record | dict[str, Any]) -> str:
+    """Why a campaign's due numbers are not dialing (the first rule in claim order that blocks)."""
+    if r["status"] == "paused":
+        return "paused"
+    if r["status"] == "created":
+        return "not_started"
+    if not r["in_dates"]:
+        return "outside_dates"
+    if not r["window_open"]:
+        return "business_hours"
+    if r["live"] >= r["max_concurrent_calls"]:
+        return "concurrency_cap"
+    if r["recent"] >= r["max_calls_per_second"]:
+        return "rate_limit"
+    return "dispatching"
+
+
+def _failed(attempt_id: uuid.UUID, outcome: Outcome, raw: str) -> CallEvent:
+    return CallEvent(attempt_id=str(attempt_id), call_id=None, kind="ended", outcome=outcome, raw_status=raw)

@@ -1,0 +1,106 @@
+"""Every metric the service exports. A leaf package: it imports nothing of ours.
+
+Labels never carry phone numbers, call ids or attempt ids; campaign labels are capped by
+`CampaignLabels` so a tenant creating thousands of campaigns cannot blow up the series count.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+ATTEMPTS_STARTED = Counter(
+    "dialer_attempts_started", "Attempts claimed and sent to the provider.", ["campaign"], registry=REGISTRY
+)
+OUTCOMES = Counter(
+    "dialer_outcomes",
+    "Attempt outcomes recorded, by normalized outcome and the decision taken (final, retry, exhausted, requeue).",
+    ["campaign", "outcome", "decision"],
+    registry=REGISTRY,
+)
+PROVIDER_REQUEST_SECONDS = Histogram(
+    "dialer_provider_request_seconds",
+    "Latency of provider HTTP requests.",
+    ["provider", "operation"],
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+PROVIDER_ERRORS = Counter(
+    "dialer_provider_errors",
+    "Provider request failures by kind (not_sent, rejected, rate_limited, ambiguous, invalid_response).",
+    ["provider", "kind"],
+    registry=REGISTRY,
+)
+CALLBACKS = Counter(
+    "dialer_callbacks",
+    "Provider callbacks received, by result (applied, duplicate, bad_signature, malformed, unknown_attempt).",
+    ["provider", "result"],
+    registry=REGISTRY,
+)
+RECONCILED = Counter(
+    "dialer_reconciled",
+    "Overdue attempts resolved by the sweeper through a provider lookup, by resolution.",
+    ["resolution"],
+    registry=REGISTRY,
+)
+LIVE_ATTEMPTS = Gauge(
+    "dialer_live_attempts", "Attempts dialing, ringing or answered (all workers).", ["campaign"], registry=REGISTRY
+)
+CONCURRENCY_CAP = Gauge(
+    "dialer_campaign_max_concurrent_calls", "The campaign's concurrency cap.", ["campaign"], registry=REGISTRY
+)
+DUE_BACKLOG = Gauge(
+    "dialer_due_backlog", "Numbers due for an attempt now (all workers).", ["campaign"], registry=REGISTRY
+)
+OLDEST_DUE = Gauge(
+    "dialer_oldest_due_timestamp_seconds",
+    "Unix time at which the oldest due number became due (0 when nothing is due).",
+    ["campaign"],
+    registry=REGISTRY,
+)
+HELD_BACK = Gauge(
+    "dialer_held_back",
+    "Due numbers not dialing, by the reason that holds them (concurrency_cap, rate_limit, business_hours, "
+    "paused, not_started, outside_dates).",
+    ["campaign", "reason"],
+    registry=REGISTRY,
+)
+CLAIM_SECONDS = Histogram(
+    "dialer_claim_seconds", "Latency of one claim statement.", buckets=_LATENCY_BUCKETS, registry=REGISTRY
+)
+CLAIM_BATCH = Histogram(
+    "dialer_claim_batch_size",
+    "Attempts returned by one claim.",
+    buckets=(0, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000),
+    registry=REGISTRY,
+)
+INFLIGHT_REQUESTS = Gauge(
+    "dialer_inflight_requests", "Start requests in flight in this worker.", registry=REGISTRY
+)
+WORKERS = Gauge("dialer_workers", "Workers with a recent heartbeat (all pods).", registry=REGISTRY)
+DRAINING = Gauge("dialer_draining", "1 while this worker drains after SIGTERM.", registry=REGISTRY)
+
+OTHER = "other"
+
+
+class CampaignLabels:
+    """Maps campaign names to label values, keeping at most `limit` distinct ones."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._seen: set[str] = set()
+        self._lock = threading.Lock()
+
+    def __call__(self, campaign: str) -> str:
+        if campaign in self._seen:
+            return campaign
+        with self._lock:
+            if len(self._seen) < self._limit:
+                self._seen.add(campaign)
+                return campaign
+        return OTHER

@@ -1,0 +1,305 @@
+-- The dialer queue. Postgres is the single source of truth: every pod is stateless, and every
+-- invariant that a transaction can enforce is enforced here rather than in worker memory.
+
+CREATE TABLE dialer_campaign (
+    id                        bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    name                      text NOT NULL UNIQUE CHECK (length(name) BETWEEN 1 AND 200),
+    status                    text NOT NULL DEFAULT 'created'
+                              CHECK (status IN ('created', 'running', 'paused', 'stopped', 'finished')),
+    provider                  text NOT NULL DEFAULT 'simulator' CHECK (length(provider) BETWEEN 1 AND 64),
+    caller_id                 text CHECK (caller_id ~ '^\+[1-9][0-9]{6,14}$'),
+    ring_timeout_seconds      integer NOT NULL DEFAULT 30 CHECK (ring_timeout_seconds BETWEEN 5 AND 300),
+    retry_wait_seconds        integer NOT NULL DEFAULT 600 CHECK (retry_wait_seconds BETWEEN 0 AND 2592000),
+    max_retries               integer NOT NULL DEFAULT 2 CHECK (max_retries BETWEEN 0 AND 100),
+    max_concurrent_calls      integer NOT NULL DEFAULT 10 CHECK (max_concurrent_calls BETWEEN 1 AND 100000),
+    max_calls_per_second      integer NOT NULL DEFAULT 5 CHECK (max_calls_per_second BETWEEN 1 AND 10000),
+    max_call_duration_seconds integer NOT NULL DEFAULT 3600 CHECK (max_call_duration_seconds BETWEEN 10 AND 86400),
+    starts_at                 timestamptz,
+    ends_at                   timestamptz,
+    time_zone                 text NOT NULL DEFAULT 'UTC',
+    business_hours            jsonb,
+    -- The business-hours window in force, computed by scheduler.hours (DST-correct, in Python) and
+    -- checked by the claim against the injected clock. A campaign whose window has not been computed,
+    -- or has lapsed, is simply not dispatchable until a worker refreshes it: closed is the safe default.
+    window_opens_at           timestamptz,
+    window_closes_at          timestamptz,
+    last_claimed_at           timestamptz,
+    status_reason             text,
+    created_at                timestamptz NOT NULL DEFAULT now(),
+    updated_at                timestamptz NOT NULL DEFAULT now(),
+    CHECK (ends_at IS NULL OR starts_at IS NULL OR ends_at > starts_at),
+    CHECK (window_closes_at IS NULL OR window_closes_at > window_opens_at)
+);
+
+CREATE TABLE dialer_number (
+    id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    campaign_id     bigint NOT NULL REFERENCES dialer_campaign (id) ON DELETE CASCADE,
+    phone           text NOT NULL CHECK (phone ~ '^\+[1-9][0-9]{6,14}$'),
+    caller_id       text CHECK (caller_id ~ '^\+[1-9][0-9]{6,14}$'),
+    dtmf            text CHECK (dtmf ~ '^[0-9#*Ww]{1,64}$'),
+    priority        integer NOT NULL DEFAULT 0 CHECK (priority BETWEEN -1000 AND 1000),
+    payload         jsonb,
+    status          text NOT NULL DEFAULT 'untried'
+                    CHECK (status IN ('untried', 'in_progress', 'retry_wait', 'completed', 'failed', 'dnc')),
+    -- attempts = dials that consumed an attempt; dials = every dial, including provider errors
+    -- that never reached the network (those do not count against max_retries).
+    attempts        integer NOT NULL DEFAULT 0 CHECK (attempts >= 0),
+    dials           integer NOT NULL DEFAULT 0 CHECK (dials >= attempts),
+    next_attempt_at timestamptz NOT NULL DEFAULT now(),
+    last_outcome    text,
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    updated_at      timestamptz NOT NULL DEFAULT now(),
+    -- Idempotent enqueue: the same number twice in one campaign is one work item.
+    UNIQUE (campaign_id, phone)
+);
+
+-- The claim reads only queued rows: a partial index keeps its cost flat however many finished rows
+-- pile up, and its column order is the claim's ORDER BY so the scan stops after LIMIT rows.
+CREATE INDEX dialer_number_due_idx ON dialer_number (campaign_id, priority DESC, next_attempt_at, id)
+    WHERE status IN ('untried', 'retry_wait');
+
+CREATE TABLE dialer_worker (
+    id           uuid PRIMARY KEY,
+    hostname     text NOT NULL,
+    pid          integer NOT NULL,
+    started_at   timestamptz NOT NULL,
+    heartbeat_at timestamptz NOT NULL,
+    draining     boolean NOT NULL DEFAULT false
+);
+
+-- One row per dial: the call detail record. Its id is the idempotency key sent to the provider.
+CREATE TABLE dialer_attempt (
+    id                uuid PRIMARY KEY,
+    number_id         bigint NOT NULL REFERENCES dialer_number (id) ON DELETE CASCADE,
+    campaign_id       bigint NOT NULL REFERENCES dialer_campaign (id) ON DELETE CASCADE,
+    attempt_no        integer NOT NULL CHECK (attempt_no >= 1),
+    worker_id         uuid NOT NULL,
+    provider          text NOT NULL,
+    -- dialing: claimed, start request possibly sent; ringing: the provider accepted it;
+    -- answered: the callee picked up; ended: the outcome is recorded. Forward only.
+    state             text NOT NULL DEFAULT 'dialing'
+                      CHECK (state IN ('dialing', 'ringing', 'answered', 'ended')),
+    provider_call_id  text,
+    claimed_at        timestamptz NOT NULL,
+    answered_at       timestamptz,
+    ended_at          timestamptz,
+    -- When the sweeper must look at a live attempt: start-request timeout while dialing, then
+    -- ring timeout + maximum call duration + grace once ringing. Nothing stays live forever.
+    deadline_at       timestamptz NOT NULL,
+    duration_seconds  double precision CHECK (duration_seconds >= 0),
+    billsec           integer CHECK (billsec >= 0),
+    raw_status        text,
+    raw_cause         text,
+    sip_code          integer,
+    outcome           text CHECK (outcome IN ('answered_human', 'answered_machine', 'answered_fax', 'busy',
+                          'no_answer', 'rejected', 'canceled', 'congestion', 'invalid_number', 'blocked',
+                          'account_error', 'provider_error', 'unknown')),
+    consumed_attempt  boolean,
+    decision          text CHECK (decision IN ('final', 'retry', 'exhausted', 'requeue')),
+    next_attempt_at   timestamptz,
+    CHECK ((state = 'ended') = (outcome IS NOT NULL AND ended_at IS NOT NULL AND decision IS NOT NULL))
+);
+
+-- Invariant 1: a number never has two live attempts. The database refuses the second one, so no
+-- interleaving of workers, sweepers and callbacks can ring a person twice at once.
+CREATE UNIQUE INDEX dialer_attempt_one_live_per_number ON dialer_attempt (number_id)
+    WHERE state <> 'ended';
+-- Live calls per campaign, counted inside the claim under the campaign's row lock.
+CREATE INDEX dialer_attempt_live_idx ON dialer_attempt (campaign_id) WHERE state <> 'ended';
+-- Starts in the last second, counted inside the claim (calls-per-second cap).
+CREATE INDEX dialer_attempt_claimed_idx ON dialer_attempt (campaign_id, claimed_at);
+CREATE INDEX dialer_attempt_deadline_idx ON dialer_attempt (deadline_at) WHERE state <> 'ended';
+CREATE INDEX dialer_attempt_number_idx ON dialer_attempt (number_id);
+
+-- Claimed and finished rows churn constantly: vacuum them early so the hot indexes stay small.
+ALTER TABLE dialer_number SET (autovacuum_vacuum_scale_factor = 0.02, autovacuum_analyze_scale_factor = 0.02);
+ALTER TABLE dialer_attempt SET (autovacuum_vacuum_scale_factor = 0.05);
+
+-- Wake idle workers at once when work appears (enqueue, resume) or capacity frees (an outcome).
+-- Statement-level, so a COPY of a million rows sends one notification, not a million.
+CREATE FUNCTION dialer_notify_due() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('dialer_due', '');
+    RETURN NULL;
+END;
+$$;
+
+CREATE TRIGGER dialer_number_notify AFTER INSERT ON dialer_number
+    FOR EACH STATEMENT EXECUTE FUNCTION dialer_notify_due();
+
+-- The claim. One call claims up to p_limit attempts across campaigns, honouring every pacing rule
+-- at the moment of dispatch:
+--   * only running campaigns inside their start/end dates and business-hours window (at p_now);
+--   * live attempts < max_concurrent_calls and starts in the last second < max_calls_per_second,
+--     summed over all workers.
+-- Exactness across workers comes from the campaign row lock: a campaign is worked by one claim at
+-- a time (SKIP LOCKED: others move on to other campaigns instead of queueing behind it). This is a
+-- plpgsql function on purpose: under READ COMMITTED each statement in it takes a fresh snapshot,
+-- so the counts below, taken after the lock is granted, see every attempt that the previous
+-- holder committed. Counting inside a single SQL statement would use a snapshot taken before the
+-- lock wait and could overshoot the caps.
+CREATE FUNCTION dialer_claim(p_worker uuid, p_limit integer, p_now timestamptz, p_dial_timeout_seconds integer)
+RETURNS TABLE (
+    attempt_id           uuid,
+    number_id            bigint,
+    campaign_id          bigint,
+    campaign             text,
+    attempt_no           integer,
+    phone                text,
+    caller_id            text,
+    dtmf                 text,
+    ring_timeout_seconds integer,
+    provider             text,
+    payload              jsonb
+)
+LANGUAGE plpgsql AS $$
+DECLARE
+    c         record;
+    remaining integer := p_limit;
+    live      integer;
+    recent    integer;
+    k         integer;
+    got       integer;
+BEGIN
+    FOR c IN
+        SELECT cp.*
+          FROM dialer_campaign cp
+         WHERE cp.status = 'running'
+           AND (cp.starts_at IS NULL OR cp.starts_at <= p_now)
+           AND (cp.ends_at IS NULL OR cp.ends_at > p_now)
+           AND cp.window_opens_at <= p_now AND p_now < cp.window_closes_at
+           AND EXISTS (SELECT 1 FROM dialer_number n
+                        WHERE n.campaign_id = cp.id AND n.status IN ('untried', 'retry_wait')
+                          AND n.next_attempt_at <= p_now)
+         -- Round-robin: the campaign served longest ago goes first, so one big campaign cannot
+         -- starve the others when the batch is small.
+         ORDER BY cp.last_claimed_at NULLS FIRST, cp.id
+         FOR UPDATE SKIP LOCKED
+    LOOP
+        EXIT WHEN remaining <= 0;
+
+        SELECT count(*) INTO live FROM dialer_attempt a
+         WHERE a.campaign_id = c.id AND a.state <> 'ended';
+        -- No upper bound on purpose: a claim that committed earlier may carry a later p_now (its
+        -- transaction started later but won the lock first); those starts count against us too.
+        SELECT count(*) INTO recent FROM dialer_attempt a
+         WHERE a.campaign_id = c.id AND a.claimed_at > p_now - interval '1 second';
+
+        k := LEAST(remaining, c.max_concurrent_calls - live, c.max_calls_per_second - recent);
+        CONTINUE WHEN k <= 0;
+
+        RETURN QUERY
+        WITH picked AS (
+            SELECT n.id
+              FROM dialer_number n
+             WHERE n.campaign_id = c.id
+               AND n.status IN ('untried', 'retry_wait')
+               AND n.next_attempt_at <= p_now
+               AND n.attempts < 1 + c.max_retries
+             ORDER BY n.priority DESC, n.next_attempt_at, n.id
+             LIMIT k
+               FOR UPDATE SKIP LOCKED
+        ), taken AS (
+            UPDATE dialer_number n
+               SET status = 'in_progress', dials = n.dials + 1, updated_at = p_now
+              FROM picked
+             WHERE n.id = picked.id
+            RETURNING n.*
+        ), ins AS (
+            INSERT INTO dialer_attempt AS a
+                   (id, number_id, campaign_id, attempt_no, worker_id, provider, state, claimed_at, deadline_at)
+            SELECT gen_random_uuid(), t.id, c.id, t.dials, p_worker, c.provider, 'dialing', p_now,
+                   p_now + make_interval(secs => p_dial_timeout_seconds)
+              FROM taken t
+            RETURNING a.id, a.number_id, a.attempt_no
+        )
+        SELECT ins.id, ins.number_id, c.id, c.name, ins.attempt_no, t.phone, coalesce(t.caller_id, c.caller_id),
+               t.dtmf, c.ring_timeout_seconds, c.provider, t.payload
+          FROM ins JOIN taken t ON t.id = ins.number_id;
+
+        GET DIAGNOSTICS got = ROW_COUNT;
+        remaining := remaining - got;
+        IF got > 0 THEN
+            UPDATE dialer_campaign SET last_claimed_at = p_now WHERE id = c.id;
+        END IF;
+    END LOOP;
+END;
+$$;
+
+-- Outcomes are applied in batches (one statement per flush, not one per call). Forward only: an
+-- attempt already ended is skipped, so duplicate, replayed or out-of-order callbacks change nothing.
+-- The retry arithmetic lives here, next to the campaign's settings, so the attempt cap holds
+-- whichever worker applies the outcome (scheduler.retry is its executable specification, and a
+-- test holds the two together).
+CREATE FUNCTION dialer_record_outcomes(
+    p_ids uuid[], p_outcomes text[], p_final boolean[], p_consumes boolean[], p_final_status text[],
+    p_answered_at timestamptz[], p_ended_at timestamptz[], p_duration double precision[],
+    p_billsec integer[], p_raw_status text[], p_raw_cause text[], p_sip integer[],
+    p_provider_call_ids text[], p_now timestamptz, p_requeue_seconds integer)
+RETURNS TABLE (attempt_id uuid, campaign text, outcome text, decision text)
+LANGUAGE plpgsql AS $$
+BEGIN
+    RETURN QUERY
+    WITH input AS (
+        SELECT * FROM unnest(p_ids, p_outcomes, p_final, p_consumes, p_final_status, p_answered_at,
+                             p_ended_at, p_duration, p_billsec, p_raw_status, p_raw_cause, p_sip,
+                             p_provider_call_ids)
+               AS i(id, outcome, final, consumes, final_status, answered_at, ended_at, duration,
+                    billsec, raw_status, raw_cause, sip, provider_call_id)
+    ), locked AS (
+        -- The row lock serialises concurrent flushes of the same attempt (a callback delivered twice
+        -- to two pods): the loser re-checks state after the winner commits and drops out.
+        SELECT a.id, a.number_id FROM dialer_attempt a
+         WHERE a.id = ANY (p_ids) AND a.state <> 'ended'
+           FOR UPDATE
+    ), decided AS (
+        SELECT lk.number_id, i.*, n.attempts + i.consumes::int AS attempts_after,
+               cp.retry_wait_seconds, cp.name AS campaign_name,
+               CASE WHEN i.final THEN 'final'
+                    WHEN NOT i.consumes THEN 'requeue'
+                    WHEN n.attempts + 1 >= 1 + cp.max_retries THEN 'exhausted'
+                    ELSE 'retry' END AS decision,
+               -- Never sooner than retry_wait after the call ended, by either clock.
+               greatest(i.ended_at, p_now) AS base_at
+          FROM locked lk
+          JOIN input i ON i.id = lk.id
+          JOIN dialer_number n ON n.id = lk.number_id
+          JOIN dialer_campaign cp ON cp.id = n.campaign_id
+    ), num AS (
+        UPDATE dialer_number n
+           SET status = CASE d.decision WHEN 'final' THEN d.final_status
+                                        WHEN 'exhausted' THEN 'failed'
+                                        ELSE 'retry_wait' END,
+               attempts = d.attempts_after,
+               next_attempt_at = CASE d.decision
+                   WHEN 'retry' THEN d.base_at + make_interval(secs => d.retry_wait_seconds)
+                   WHEN 'requeue' THEN d.base_at + make_interval(secs => p_requeue_seconds)
+                   ELSE n.next_attempt_at END,
+               last_outcome = d.outcome,
+               updated_at = p_now
+          FROM decided d
+         WHERE n.id = d.number_id
+        RETURNING n.id, n.next_attempt_at
+    )
+    UPDATE dialer_attempt a
+       SET state = 'ended',
+           outcome = d.outcome,
+           answered_at = coalesce(d.answered_at, a.answered_at),
+           ended_at = d.ended_at,
+           duration_seconds = d.duration,
+           billsec = d.billsec,
+           raw_status = d.raw_status,
+           raw_cause = d.raw_cause,
+           sip_code = d.sip,
+           provider_call_id = coalesce(a.provider_call_id, d.provider_call_id),
+           consumed_attempt = d.consumes,
+           decision = d.decision,
+           next_attempt_at = CASE WHEN d.decision IN ('retry', 'requeue') THEN num.next_attempt_at END
+      FROM decided d JOIN num ON num.id = d.number_id
+     WHERE a.id = d.id
+    RETURNING a.id, d.campaign_name, a.outcome, a.decision;
+
+    -- A finished call frees a concurrency slot: wake claimers now rather than at their next poll.
+    PERFORM pg_notify('dialer_due', '');
+END;
+$$;
