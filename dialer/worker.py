@@ -72,6 +72,7 @@ class Worker:
         self.labels = metrics.CampaignLabels(settings.metrics_max_campaigns)
         self.draining = False
         self.ready = False
+        self._stopping = False
         self._wake = asyncio.Event()
         self._flush_now = asyncio.Event()
         self._buffers = _Buffers()
@@ -121,7 +122,11 @@ class Worker:
         self.draining = True
         metrics.DRAINING.set(1)
         stopper.cancel()
-        claimer.cancel()
+        # Not cancelled: a claim interrupted between commit and return would strand its rows
+        # until the sweeper's deadline. The loop sees the flag at its next turn.
+        self._stopping = True
+        self._wake.set()
+        self._slots_free.set()
         with contextlib.suppress(asyncio.CancelledError):
             await claimer
         # In-flight start requests get the grace period to finish; whatever has not been sent by
@@ -170,7 +175,7 @@ class Worker:
 
     async def _claim_loop(self) -> None:
         s = self.settings
-        while True:
+        while not self._stopping:
             free = s.max_inflight_requests - len(self._inflight)
             if free <= 0:
                 self._slots_free.clear()
@@ -222,6 +227,7 @@ class Worker:
                 callback_url=self._callback_url.format(provider=provider_name),
                 campaign=row["campaign"],
             )
+            await provider.throttle()
             self._sent.add(attempt_id)
             metrics.ATTEMPTS_STARTED.labels(campaign).inc()
             try:

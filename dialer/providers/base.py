@@ -76,6 +76,11 @@ class CallEvent:
 class Provider(Protocol):
     name: str
 
+    async def throttle(self) -> None:
+        """Wait for the account's rate limit. Nothing has been sent while this waits, so a
+        drain may cancel it and release the claim."""
+        ...
+
     async def start_call(self, request: StartRequest) -> Accepted: ...
 
     async def lookup(self, attempt_id: str, call_id: str | None) -> CallEvent | None:

@@ -124,9 +124,11 @@ class SimulatedProvider:
     def _error(self, kind: str) -> None:
         metrics.PROVIDER_ERRORS.labels(self.name, kind).inc()
 
-    async def start_call(self, request: StartRequest) -> Accepted:
+    async def throttle(self) -> None:
         if self._limiter is not None:
             await self._limiter.acquire()
+
+    async def start_call(self, request: StartRequest) -> Accepted:
         body = orjson.dumps({
             "attempt_id": request.attempt_id,
             "to": request.phone,

@@ -1,0 +1,1 @@
+"""Benchmarks of the dialer against the bare Postgres + aiohttp ceiling (entry point: bench/run.py)."""
