@@ -61,8 +61,13 @@ class CampaignSpec:
             value = getattr(self, field)
             if value is not None and value.tzinfo is None:
                 errors.append(f"{field}: {value.isoformat()} needs a UTC offset")
-        if self.starts_at and self.ends_at and self.starts_at.tzinfo and self.ends_at.tzinfo \
-                and self.ends_at <= self.starts_at:
+        if (
+            self.starts_at
+            and self.ends_at
+            and self.starts_at.tzinfo
+            and self.ends_at.tzinfo
+            and self.ends_at <= self.starts_at
+        ):
             errors.append("ends_at: must be after starts_at")
         hours: list[dict[str, Any]] | None = None
         try:
@@ -88,13 +93,26 @@ _TARGET = {"start": "running", "pause": "paused", "resume": "running", "stop": "
 async def create(conn: asyncpg.Connection, spec: CampaignSpec, now: dt.datetime) -> asyncpg.Record:
     hours = spec.validate()
     try:
-        row: asyncpg.Record = await conn.fetchrow(
-            Q.campaign_insert, spec.name, spec.provider, spec.caller_id, spec.ring_timeout_seconds,
-            spec.retry_wait_seconds, spec.max_retries, spec.max_concurrent_calls, spec.max_calls_per_second,
-            spec.max_call_duration_seconds, spec.starts_at, spec.ends_at, spec.time_zone, hours, now,
+        row: asyncpg.Record | None = await conn.fetchrow(
+            Q.campaign_insert,
+            spec.name,
+            spec.provider,
+            spec.caller_id,
+            spec.ring_timeout_seconds,
+            spec.retry_wait_seconds,
+            spec.max_retries,
+            spec.max_concurrent_calls,
+            spec.max_calls_per_second,
+            spec.max_call_duration_seconds,
+            spec.starts_at,
+            spec.ends_at,
+            spec.time_zone,
+            hours,
+            now,
         )
     except asyncpg.UniqueViolationError:
         raise CampaignError(f"a campaign named {spec.name!r} already exists") from None
+    assert row is not None  # INSERT … RETURNING always returns the row
     return row
 
 
@@ -105,8 +123,9 @@ async def get(conn: asyncpg.Connection, name: str) -> asyncpg.Record:
     return row
 
 
-async def transition(conn: asyncpg.Connection, name: str, action: str, now: dt.datetime,
-                     reason: str | None = None) -> asyncpg.Record:
+async def transition(
+    conn: asyncpg.Connection, name: str, action: str, now: dt.datetime, reason: str | None = None
+) -> asyncpg.Record:
     if action not in _TRANSITIONS:
         raise CampaignError(f"unknown action {action!r}")
     row: asyncpg.Record | None = await conn.fetchrow(
@@ -144,8 +163,14 @@ class NumberRow:
     line: int = 0
 
 
-async def enqueue(conn: asyncpg.Connection, campaign_id: int, rows: Iterable[NumberRow], now: dt.datetime,
-                  *, chunk: int = 50_000) -> int:
+async def enqueue(
+    conn: asyncpg.Connection,
+    campaign_id: int,
+    rows: Iterable[NumberRow],
+    now: dt.datetime,
+    *,
+    chunk: int = 50_000,
+) -> int:
     """COPY rows into a staging table and merge them in one transaction; returns rows added.
 
     Duplicates (in the batch or already queued) are skipped, so loading a file twice adds nothing.

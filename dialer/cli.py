@@ -56,7 +56,8 @@ def _hours(value: str) -> list[dict[str, Any]]:
             open_, close = (int(t) for t in time_spec.split("-"))
         except ValueError:
             raise argparse.ArgumentTypeError(
-                f"cannot read business hours {part!r}: expected e.g. 'mon-fri 0900-1700'") from None
+                f"cannot read business hours {part!r}: expected e.g. 'mon-fri 0900-1700'"
+            ) from None
         span = range(first, last + 1) if first <= last else [*range(first, 7), *range(0, last + 1)]
         out.extend({"day_of_week": d, "time_open": open_, "time_close": close} for d in span)
     return out
@@ -113,12 +114,18 @@ def cmd_campaign(args: argparse.Namespace) -> int:
     async def go(conn: Any) -> Any:
         if args.action == "create":
             spec = campaigns.CampaignSpec(
-                name=args.name, provider=args.provider, caller_id=args.caller_id,
-                ring_timeout_seconds=args.ring_timeout_seconds, retry_wait_seconds=args.retry_wait_seconds,
-                max_retries=args.max_retries, max_concurrent_calls=args.max_concurrent_calls,
+                name=args.name,
+                provider=args.provider,
+                caller_id=args.caller_id,
+                ring_timeout_seconds=args.ring_timeout_seconds,
+                retry_wait_seconds=args.retry_wait_seconds,
+                max_retries=args.max_retries,
+                max_concurrent_calls=args.max_concurrent_calls,
                 max_calls_per_second=args.max_calls_per_second,
                 max_call_duration_seconds=args.max_call_duration_seconds,
-                starts_at=args.starts_at, ends_at=args.ends_at, time_zone=args.time_zone,
+                starts_at=args.starts_at,
+                ends_at=args.ends_at,
+                time_zone=args.time_zone,
                 business_hours=args.business_hours,
             )
             row = await campaigns.create(conn, spec, now)
@@ -128,7 +135,9 @@ def cmd_campaign(args: argparse.Namespace) -> int:
         if args.action == "show":
             return await campaigns.summary(conn, args.name)
         if args.action == "list":
-            return [campaigns.to_json(r) for r in await conn.fetch("SELECT * FROM dialer_campaign ORDER BY id")]
+            return [
+                campaigns.to_json(r) for r in await conn.fetch("SELECT * FROM dialer_campaign ORDER BY id")
+            ]
         return campaigns.to_json(await campaigns.transition(conn, args.name, args.action, now))
 
     _print(asyncio.run(_with_conn(settings, go)))
@@ -159,9 +168,15 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
     async def go(conn: Any) -> dict[str, Any]:
         campaign = await campaigns.get(conn, args.campaign)
         added = await campaigns.enqueue(conn, campaign["id"], rows(), now)
-        return {"campaign": args.campaign, "rows_read": good + len(bad), "valid": good, "invalid": len(bad),
-                "added": added, "already_queued": good - added,
-                "seconds": round(time.perf_counter() - started, 3)}
+        return {
+            "campaign": args.campaign,
+            "rows_read": good + len(bad),
+            "valid": good,
+            "invalid": len(bad),
+            "added": added,
+            "already_queued": good - added,
+            "seconds": round(time.perf_counter() - started, 3),
+        }
 
     _print(asyncio.run(_with_conn(settings, go)))
     return 1 if bad and args.strict else 0
@@ -187,8 +202,13 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from dialer.demo import run_demo
 
-    return run_demo(numbers=args.numbers, campaigns=args.campaigns, workers=args.workers,
-                    time_scale=args.time_scale, timeout_seconds=args.timeout)
+    return run_demo(
+        numbers=args.numbers,
+        campaigns=args.campaigns,
+        workers=args.workers,
+        time_scale=args.time_scale,
+        timeout_seconds=args.timeout,
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -197,7 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("migrate", help="apply database migrations").set_defaults(fn=cmd_migrate)
     sub.add_parser("worker", help="run a dialing worker (settings from DIALER_* variables)").set_defaults(
-        fn=cmd_worker)
+        fn=cmd_worker
+    )
 
     c = sub.add_parser("campaign", help="manage campaigns (prints JSON)")
     csub = c.add_subparsers(dest="action", required=True)
@@ -214,8 +235,11 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--starts-at", type=_datetime)
     create.add_argument("--ends-at", type=_datetime)
     create.add_argument("--time-zone", default="UTC")
-    create.add_argument("--business-hours", type=_hours,
-                        help="JSON list, or e.g. 'mon-fri 0900-1700; sat 1000-1400; fri 2200-0600'")
+    create.add_argument(
+        "--business-hours",
+        type=_hours,
+        help="JSON list, or e.g. 'mon-fri 0900-1700; sat 1000-1400; fri 2200-0600'",
+    )
     create.add_argument("--start", action="store_true", help="start dialing right away")
     for action in ("show", "pause", "resume", "stop", "start"):
         csub.add_parser(action).add_argument("name")

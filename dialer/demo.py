@@ -14,7 +14,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 
@@ -67,11 +66,22 @@ async def _demo(numbers: int, n_campaigns: int, n_workers: int, time_scale: floa
 
         secret = secrets.token_hex(16)
         api_key = secrets.token_hex(8)
-        sim = Simulator(SimulatorConfig(api_key=api_key, callback_secret=secret, time_scale=time_scale,
-                                        seed=7, ring_min_seconds=3, ring_max_seconds=25, talk_mean_seconds=45))
+        sim = Simulator(
+            SimulatorConfig(
+                api_key=api_key,
+                callback_secret=secret,
+                time_scale=time_scale,
+                seed=7,
+                ring_min_seconds=3,
+                ring_max_seconds=25,
+                talk_mean_seconds=45,
+            )
+        )
         sim_url = await sim.start()
-        say(f"provider simulator: {sim_url} (ring and talk times compressed {1 / time_scale:.0f}x "
-            "so the demo ends in about a minute)")
+        say(
+            f"provider simulator: {sim_url} (ring and talk times compressed {1 / time_scale:.0f}x "
+            "so the demo ends in about a minute)"
+        )
 
         now = SystemClock().now()
         rng = random.Random(42)
@@ -81,37 +91,63 @@ async def _demo(numbers: int, n_campaigns: int, n_workers: int, time_scale: floa
         for i in range(n_campaigns):
             name = f"demo-{tag}-{i + 1}"
             spec = campaigns.CampaignSpec(
-                name=name, caller_id="+12125550100", ring_timeout_seconds=25, retry_wait_seconds=3,
-                max_retries=2, max_concurrent_calls=40 + 20 * i, max_calls_per_second=30 + 10 * i,
+                name=name,
+                caller_id="+12125550100",
+                ring_timeout_seconds=25,
+                retry_wait_seconds=3,
+                max_retries=2,
+                max_concurrent_calls=40 + 20 * i,
+                max_calls_per_second=30 + 10 * i,
                 time_zone=("America/New_York", "Europe/London", "Asia/Jerusalem")[i % 3],
             )
             row = await campaigns.create(conn, spec, now)
             csv = tmp / f"{name}.csv"
             write_numbers(csv, per, rng)
-            good = [campaigns.NumberRow(phone=r.number, caller_id=r.cli, dtmf=r.dtmf, line=r.line)
-                    for r in ingest.parse_file(csv) if isinstance(r, ingest.Row)]
+            good = [
+                campaigns.NumberRow(phone=r.number, caller_id=r.cli, dtmf=r.dtmf, line=r.line)
+                for r in ingest.parse_file(csv)
+                if isinstance(r, ingest.Row)
+            ]
             added = await campaigns.enqueue(conn, row["id"], good, now)
             await campaigns.transition(conn, name, "start", now)
             names.append(name)
-            say(f"campaign {name}: {added} numbers (2 bad rows rejected), cap {spec.max_concurrent_calls} "
+            say(
+                f"campaign {name}: {added} numbers (2 bad rows rejected), cap {spec.max_concurrent_calls} "
                 f"concurrent / {spec.max_calls_per_second} per second, retry after {spec.retry_wait_seconds}s "
-                f"up to {spec.max_retries} times, zone {spec.time_zone}")
+                f"up to {spec.max_retries} times, zone {spec.time_zone}"
+            )
 
         ports = [free_port() for _ in range(n_workers)]
-        env = {**os.environ, "DATABASE_URL": dsn, "DIALER_PROVIDER_URL": sim_url,
-               "DIALER_PROVIDER_API_KEY": api_key, "DIALER_CALLBACK_SECRET": secret,
-               "DIALER_LOG_LEVEL": "WARNING", "DIALER_MAINTENANCE_INTERVAL_SECONDS": "0.5",
-               "DIALER_STATS_INTERVAL_SECONDS": "2", "DIALER_RECONCILE_GRACE_SECONDS": "5"}
-        procs = [subprocess.Popen([sys.executable, "-m", "dialer", "worker"],
-                                  env={**env, "DIALER_HTTP_PORT": str(p), "DIALER_HTTP_HOST": "127.0.0.1"})
-                 for p in ports]
-        say(f"workers: {n_workers} processes, metrics at " + ", ".join(
-            f"http://127.0.0.1:{p}/metrics" for p in ports))
+        env = {
+            **os.environ,
+            "DATABASE_URL": dsn,
+            "DIALER_PROVIDER_URL": sim_url,
+            "DIALER_PROVIDER_API_KEY": api_key,
+            "DIALER_CALLBACK_SECRET": secret,
+            "DIALER_LOG_LEVEL": "WARNING",
+            "DIALER_MAINTENANCE_INTERVAL_SECONDS": "0.5",
+            "DIALER_STATS_INTERVAL_SECONDS": "2",
+            "DIALER_RECONCILE_GRACE_SECONDS": "5",
+        }
+        procs = [
+            # Popen returns at once (it only forks); the demo polls the children, never blocks on them.
+            subprocess.Popen(  # noqa: ASYNC220
+                [sys.executable, "-m", "dialer", "worker"],
+                env={**env, "DIALER_HTTP_PORT": str(p), "DIALER_HTTP_HOST": "127.0.0.1"},
+            )
+            for p in ports
+        ]
+        say(
+            f"workers: {n_workers} processes, metrics at "
+            + ", ".join(f"http://127.0.0.1:{p}/metrics" for p in ports)
+        )
         say("")
         say(f"{'t':>5} {'dialed':>7} {'live':>5} {'answered':>8} {'retrying':>8} {'done':>6} {'calls/s':>8}")
         started = time.monotonic()
         last_dialed, last_t = 0, started
-        ids = [r["id"] for r in await conn.fetch("SELECT id FROM dialer_campaign WHERE name = ANY($1)", names)]
+        ids = [
+            r["id"] for r in await conn.fetch("SELECT id FROM dialer_campaign WHERE name = ANY($1)", names)
+        ]
         snapshot = ""
         while True:
             await asyncio.sleep(1.0)
@@ -125,12 +161,17 @@ async def _demo(numbers: int, n_campaigns: int, n_workers: int, time_scale: floa
                           (SELECT count(*) FROM dialer_number WHERE campaign_id = ANY($1)
                               AND status IN ('completed', 'failed', 'dnc')) AS done,
                           (SELECT count(*) FROM dialer_campaign WHERE id = ANY($1) AND status <> 'finished') AS open
-                """, ids)
+                """,
+                ids,
+            )
+            assert s is not None
             t = time.monotonic()
             cps = (s["dialed"] - last_dialed) / (t - last_t)
             last_dialed, last_t = s["dialed"], t
-            say(f"{t - started:5.0f} {s['dialed']:7d} {s['live']:5d} {s['answered']:8d} {s['retrying']:8d} "
-                f"{s['done']:6d} {cps:8.0f}")
+            say(
+                f"{t - started:5.0f} {s['dialed']:7d} {s['live']:5d} {s['answered']:8d} {s['retrying']:8d} "
+                f"{s['done']:6d} {cps:8.0f}"
+            )
             if s["open"] == 0 or t - started > timeout or any(p.poll() is not None for p in procs):
                 break
         with contextlib.suppress(Exception):
@@ -151,16 +192,29 @@ async def _demo(numbers: int, n_campaigns: int, n_workers: int, time_scale: floa
             say(f"    attempts by outcome {summary['attempts']}")
         totals = await conn.fetchrow(
             """SELECT count(*) AS attempts, count(*) FILTER (WHERE consumed_attempt) AS consumed,
-                      count(DISTINCT number_id) AS numbers FROM dialer_attempt WHERE campaign_id = ANY($1)""", ids)
-        say(f"  {totals['attempts']} attempts for {totals['numbers']} numbers in {elapsed:.1f}s "
-            f"({totals['attempts'] / elapsed:.0f} attempts/s average)")
-        say(f"  provider side: {stats.get('calls_started')} calls started, "
+                      count(DISTINCT number_id) AS numbers FROM dialer_attempt WHERE campaign_id = ANY($1)""",
+            ids,
+        )
+        assert totals is not None
+        say(
+            f"  {totals['attempts']} attempts for {totals['numbers']} numbers in {elapsed:.1f}s "
+            f"({totals['attempts'] / elapsed:.0f} attempts/s average)"
+        )
+        say(
+            f"  provider side: {stats.get('calls_started')} calls started, "
             f"{stats.get('duplicate_start_requests')} duplicate start requests, max live per campaign "
-            f"{stats.get('max_live_calls_by_campaign')}")
+            f"{stats.get('max_live_calls_by_campaign')}"
+        )
         say(f"  worker exit codes: {codes}")
-        lines = [ln for ln in snapshot.splitlines() if ln.startswith(("dialer_outcomes_total", "dialer_attempts_started_total"))]
+        lines = [
+            ln
+            for ln in snapshot.splitlines()
+            if ln.startswith(("dialer_outcomes_total", "dialer_attempts_started_total"))
+        ]
         if lines:
-            say(f"  metrics (Prometheus text at http://127.0.0.1:{ports[0]}/metrics while the worker ran), e.g.:")
+            say(
+                f"  metrics (Prometheus text at http://127.0.0.1:{ports[0]}/metrics while the worker ran), e.g.:"
+            )
             for ln in lines[:6]:
                 say(f"    {ln}")
         say("  run `dialer worker` (see README) to keep a worker and its /metrics up.")

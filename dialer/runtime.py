@@ -55,11 +55,14 @@ def build_providers(settings: Settings) -> dict[str, Provider]:
     return {simulator.name: simulator}
 
 
-async def run_worker(settings: Settings, *, dsn: str, stop: asyncio.Event | None = None,
-                     clock: Clock | None = None) -> Worker:
+async def run_worker(
+    settings: Settings, *, dsn: str, stop: asyncio.Event | None = None, clock: Clock | None = None
+) -> Worker:
     """Serve until `stop` (or SIGTERM/SIGINT), drain, and return the worker."""
     if not settings.callback_secret:
-        raise SettingsError("invalid settings:\n  DIALER_CALLBACK_SECRET: required to verify provider callbacks")
+        raise SettingsError(
+            "invalid settings:\n  DIALER_CALLBACK_SECRET: required to verify provider callbacks"
+        )
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -46,50 +46,105 @@ def _env(name: str) -> str:
 @dataclass(frozen=True)
 class Settings:
     # Handed to asyncpg untouched: rebuilding a DSN clobbers sslmode and multi-host options.
-    database_url: str | None = field(default=None, metadata={"env": "DATABASE_URL",
-        "doc": "Postgres DSN. Unset: an embedded PostgreSQL is started in `data_dir`."})
-    data_dir: str = field(default="~/.cache/pgdialer", metadata={
-        "doc": "Where the embedded PostgreSQL keeps its data when DATABASE_URL is unset."})
+    database_url: str | None = field(
+        default=None,
+        metadata={
+            "env": "DATABASE_URL",
+            "doc": "Postgres DSN. Unset: an embedded PostgreSQL is started in `data_dir`.",
+        },
+    )
+    data_dir: str = field(
+        default="~/.cache/pgdialer",
+        metadata={"doc": "Where the embedded PostgreSQL keeps its data when DATABASE_URL is unset."},
+    )
     db_pool_size: int = field(default=8, metadata={"doc": "Connections per worker process."})
-    http_host: str = field(default="0.0.0.0", metadata={"doc": "Address of the worker's HTTP server."})  # noqa: S104
-    http_port: int = field(default=8080, metadata={
-        "doc": "Port of the worker's HTTP server (/metrics, /healthz, /readyz, provider callbacks)."})
-    public_url: str = field(default="", metadata={
-        "doc": "Base URL providers use to reach this service's callbacks. Default http://127.0.0.1:<port>."})
-    callback_secret: Secret = field(default_factory=lambda: Secret(""), metadata={
-        "doc": "Shared secret that signs provider callbacks (simulator dialect). Required by `worker`."})
-    provider_url: str = field(default="http://127.0.0.1:8099", metadata={
-        "doc": "Base URL of the telephony provider's API (the simulator by default)."})
-    provider_api_key: Secret = field(default_factory=lambda: Secret(""), metadata={
-        "doc": "Provider API key (from a Kubernetes Secret in production)."})
-    provider_timeout_seconds: float = field(default=10.0, metadata={
-        "doc": "Timeout of one start-call request. A timeout is ambiguous: the attempt is reconciled."})
-    provider_max_calls_per_second: float = field(default=0.0, metadata={
-        "doc": "Per-account start-request rate limit of this process (0 = none; campaign pacing still applies)."})
-    max_inflight_requests: int = field(default=200, metadata={
-        "doc": "Start requests in flight per worker; the claim never takes more than the free slots."})
+    http_host: str = field(default="0.0.0.0", metadata={"doc": "Address of the worker's HTTP server."})
+    http_port: int = field(
+        default=8080,
+        metadata={
+            "doc": "Port of the worker's HTTP server (/metrics, /healthz, /readyz, provider callbacks)."
+        },
+    )
+    public_url: str = field(
+        default="",
+        metadata={
+            "doc": "Base URL providers use to reach this service's callbacks. Default http://127.0.0.1:<port>."
+        },
+    )
+    callback_secret: Secret = field(
+        default_factory=lambda: Secret(""),
+        metadata={
+            "doc": "Shared secret that signs provider callbacks (simulator dialect). Required by `worker`."
+        },
+    )
+    provider_url: str = field(
+        default="http://127.0.0.1:8099",
+        metadata={"doc": "Base URL of the telephony provider's API (the simulator by default)."},
+    )
+    provider_api_key: Secret = field(
+        default_factory=lambda: Secret(""),
+        metadata={"doc": "Provider API key (from a Kubernetes Secret in production)."},
+    )
+    provider_timeout_seconds: float = field(
+        default=10.0,
+        metadata={
+            "doc": "Timeout of one start-call request. A timeout is ambiguous: the attempt is reconciled."
+        },
+    )
+    provider_max_calls_per_second: float = field(
+        default=0.0,
+        metadata={
+            "doc": "Per-account start-request rate limit of this process (0 = none; campaign pacing still applies)."
+        },
+    )
+    max_inflight_requests: int = field(
+        default=200,
+        metadata={
+            "doc": "Start requests in flight per worker; the claim never takes more than the free slots."
+        },
+    )
     claim_batch_size: int = field(default=100, metadata={"doc": "Most attempts one claim statement takes."})
-    poll_interval_seconds: float = field(default=1.0, metadata={
-        "doc": "Fallback poll when idle; LISTEN/NOTIFY wakes workers at once on new work."})
-    rate_poll_interval_seconds: float = field(default=0.05, metadata={
-        "doc": "Re-claim delay while due work is held back by a campaign's calls-per-second cap."})
-    flush_interval_seconds: float = field(default=0.005, metadata={
-        "doc": "Longest an outcome waits to be batched into one database write."})
-    dial_timeout_seconds: int = field(default=30, metadata={
-        "doc": "Deadline for a claimed attempt to be accepted by the provider before it is reconciled."})
-    reconcile_grace_seconds: int = field(default=60, metadata={
-        "doc": "Added to ring timeout + max call duration before a silent call is looked up."})
-    requeue_backoff_seconds: int = field(default=30, metadata={
-        "doc": "Delay before redialing after a provider error that never reached the network."})
-    shutdown_grace_seconds: float = field(default=20.0, metadata={
-        "doc": "SIGTERM drain budget (keep below terminationGracePeriodSeconds)."})
+    poll_interval_seconds: float = field(
+        default=1.0,
+        metadata={"doc": "Fallback poll when idle; LISTEN/NOTIFY wakes workers at once on new work."},
+    )
+    rate_poll_interval_seconds: float = field(
+        default=0.05,
+        metadata={"doc": "Re-claim delay while due work is held back by a campaign's calls-per-second cap."},
+    )
+    flush_interval_seconds: float = field(
+        default=0.005, metadata={"doc": "Longest an outcome waits to be batched into one database write."}
+    )
+    dial_timeout_seconds: int = field(
+        default=30,
+        metadata={
+            "doc": "Deadline for a claimed attempt to be accepted by the provider before it is reconciled."
+        },
+    )
+    reconcile_grace_seconds: int = field(
+        default=60,
+        metadata={"doc": "Added to ring timeout + max call duration before a silent call is looked up."},
+    )
+    requeue_backoff_seconds: int = field(
+        default=30,
+        metadata={"doc": "Delay before redialing after a provider error that never reached the network."},
+    )
+    shutdown_grace_seconds: float = field(
+        default=20.0, metadata={"doc": "SIGTERM drain budget (keep below terminationGracePeriodSeconds)."}
+    )
     heartbeat_interval_seconds: float = field(default=5.0, metadata={"doc": "Worker heartbeat period."})
-    maintenance_interval_seconds: float = field(default=1.0, metadata={
-        "doc": "Period of business-hours refresh, sweeper and campaign completion checks."})
-    stats_interval_seconds: float = field(default=10.0, metadata={
-        "doc": "Period of the backlog gauges (due backlog, oldest due, held back by reason)."})
-    metrics_max_campaigns: int = field(default=200, metadata={
-        "doc": "Distinct campaign label values; further campaigns are reported as 'other'."})
+    maintenance_interval_seconds: float = field(
+        default=1.0,
+        metadata={"doc": "Period of business-hours refresh, sweeper and campaign completion checks."},
+    )
+    stats_interval_seconds: float = field(
+        default=10.0,
+        metadata={"doc": "Period of the backlog gauges (due backlog, oldest due, held back by reason)."},
+    )
+    metrics_max_campaigns: int = field(
+        default=200,
+        metadata={"doc": "Distinct campaign label values; further campaigns are reported as 'other'."},
+    )
     log_level: str = field(default="INFO", metadata={"doc": "Python logging level."})
 
     def __post_init__(self) -> None:
@@ -103,13 +158,20 @@ class Settings:
         need(0 <= self.http_port <= 65535, "http_port", "must be a TCP port (0-65535)")
         need(self.provider_timeout_seconds > 0, "provider_timeout_seconds", "must be > 0")
         need(self.provider_max_calls_per_second >= 0, "provider_max_calls_per_second", "must be >= 0")
-        need(1 <= self.max_inflight_requests <= 100_000, "max_inflight_requests", "must be between 1 and 100000")
+        need(
+            1 <= self.max_inflight_requests <= 100_000,
+            "max_inflight_requests",
+            "must be between 1 and 100000",
+        )
         need(1 <= self.claim_batch_size <= 10_000, "claim_batch_size", "must be between 1 and 10000")
         need(self.poll_interval_seconds > 0, "poll_interval_seconds", "must be > 0")
         need(self.rate_poll_interval_seconds > 0, "rate_poll_interval_seconds", "must be > 0")
         need(0 < self.flush_interval_seconds <= 1, "flush_interval_seconds", "must be in (0, 1]")
-        need(self.dial_timeout_seconds > self.provider_timeout_seconds, "dial_timeout_seconds",
-             "must exceed DIALER_PROVIDER_TIMEOUT_SECONDS, or live requests would be reconciled")
+        need(
+            self.dial_timeout_seconds > self.provider_timeout_seconds,
+            "dial_timeout_seconds",
+            "must exceed DIALER_PROVIDER_TIMEOUT_SECONDS, or live requests would be reconciled",
+        )
         need(self.reconcile_grace_seconds >= 0, "reconcile_grace_seconds", "must be >= 0")
         need(self.requeue_backoff_seconds >= 0, "requeue_backoff_seconds", "must be >= 0")
         need(self.shutdown_grace_seconds > 0, "shutdown_grace_seconds", "must be > 0")
@@ -117,11 +179,17 @@ class Settings:
         need(self.maintenance_interval_seconds > 0, "maintenance_interval_seconds", "must be > 0")
         need(self.stats_interval_seconds > 0, "stats_interval_seconds", "must be > 0")
         need(self.metrics_max_campaigns >= 1, "metrics_max_campaigns", "must be >= 1")
-        need(self.log_level.upper() in {"DEBUG", "INFO", "WARNING", "ERROR"}, "log_level",
-             "must be DEBUG, INFO, WARNING or ERROR")
+        need(
+            self.log_level.upper() in {"DEBUG", "INFO", "WARNING", "ERROR"},
+            "log_level",
+            "must be DEBUG, INFO, WARNING or ERROR",
+        )
         need(self.provider_url.startswith(("http://", "https://")), "provider_url", "must be an http(s) URL")
-        need(not self.public_url or self.public_url.startswith(("http://", "https://")), "public_url",
-             "must be an http(s) URL")
+        need(
+            not self.public_url or self.public_url.startswith(("http://", "https://")),
+            "public_url",
+            "must be an http(s) URL",
+        )
         if errors:
             raise SettingsError("invalid settings:\n  " + "\n  ".join(errors))
 

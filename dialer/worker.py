@@ -30,6 +30,8 @@ from scheduler.outcomes import Outcome, classify
 
 log = logging.getLogger(__name__)
 
+Conn = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy[asyncpg.Record]
+
 # How long the sweeper holds an overdue attempt while it asks the provider about it.
 _SWEEP_LEASE_SECONDS = 30
 _SWEEP_BATCH = 200
@@ -80,13 +82,12 @@ class Worker:
         self._sent: set[uuid.UUID] = set()
         self._slots_free = asyncio.Event()
         self._flush_lock = asyncio.Lock()
-        self._listener: asyncpg.Connection | None = None
+        self._listener: Conn | None = None
         self._callback_url = settings.callback_base_url + "/callbacks/{provider}"
 
     # ---------------------------------------------------------------- lifecycle
 
-    async def run(self, stop: asyncio.Event,
-                  close_http: Callable[[], Awaitable[None]] | None = None) -> None:
+    async def run(self, stop: asyncio.Event, close_http: Callable[[], Awaitable[None]] | None = None) -> None:
         """Run until `stop` is set, then drain. A dying side task stops the worker (and re-raises).
 
         `close_http` stops the HTTP server during the drain, after in-flight start requests and
@@ -98,12 +99,15 @@ class Worker:
         await self._listen()
         side = [
             asyncio.create_task(self._flusher(), name="flusher"),
-            asyncio.create_task(self._periodic(self.settings.heartbeat_interval_seconds, self.heartbeat),
-                                name="heartbeat"),
-            asyncio.create_task(self._periodic(self.settings.maintenance_interval_seconds, self.maintain),
-                                name="maintenance"),
-            asyncio.create_task(self._periodic(self.settings.stats_interval_seconds, self.refresh_stats),
-                                name="stats"),
+            asyncio.create_task(
+                self._periodic(self.settings.heartbeat_interval_seconds, self.heartbeat), name="heartbeat"
+            ),
+            asyncio.create_task(
+                self._periodic(self.settings.maintenance_interval_seconds, self.maintain), name="maintenance"
+            ),
+            asyncio.create_task(
+                self._periodic(self.settings.stats_interval_seconds, self.refresh_stats), name="stats"
+            ),
         ]
         claimer = asyncio.create_task(self._claim_loop(), name="claimer")
         stopper = asyncio.create_task(stop.wait(), name="stop")
@@ -117,8 +121,13 @@ class Worker:
             self.ready = False
             await self._drain(claimer, side, stopper, close_http)
 
-    async def _drain(self, claimer: asyncio.Task[None], side: list[asyncio.Task[None]],
-                     stopper: asyncio.Task[bool], close_http: Callable[[], Awaitable[None]] | None) -> None:
+    async def _drain(
+        self,
+        claimer: asyncio.Task[None],
+        side: list[asyncio.Task[None]],
+        stopper: asyncio.Task[bool],
+        close_http: Callable[[], Awaitable[None]] | None,
+    ) -> None:
         self.draining = True
         metrics.DRAINING.set(1)
         stopper.cancel()
@@ -216,7 +225,9 @@ class Worker:
         try:
             provider = self.providers.get(provider_name)
             if provider is None:
-                self._push_outcome(_failed(attempt_id, Outcome.ACCOUNT_ERROR, f"no provider {provider_name!r}"))
+                self._push_outcome(
+                    _failed(attempt_id, Outcome.ACCOUNT_ERROR, f"no provider {provider_name!r}")
+                )
                 return
             request = StartRequest(
                 attempt_id=str(attempt_id),
@@ -336,7 +347,7 @@ class Worker:
             if a[3] is not None and not a[3].done():
                 a[3].set_result(None)
 
-    async def _record(self, conn: asyncpg.Connection, items: Sequence[_Outcome], now: dt.datetime) -> None:
+    async def _record(self, conn: Conn, items: Sequence[_Outcome], now: dt.datetime) -> None:
         # One row per attempt per flush: a duplicate in the same batch is answered "duplicate".
         first: dict[uuid.UUID, _Outcome] = {}
         dupes: list[_Outcome] = []
@@ -351,11 +362,25 @@ class Worker:
             e = item.event
             assert e.outcome is not None
             klass = classify(e.outcome)
-            for col, value in zip(cols, (
-                key, e.outcome.value, klass.final, klass.consumes_attempt, klass.final_status,
-                e.answered_at, e.ended_at or now, e.duration_seconds, e.billsec, e.raw_status, e.raw_cause,
-                e.sip_code, e.call_id,
-            ), strict=True):
+            for col, value in zip(
+                cols,
+                (
+                    key,
+                    e.outcome.value,
+                    klass.final,
+                    klass.consumes_attempt,
+                    klass.final_status,
+                    e.answered_at,
+                    e.ended_at or now,
+                    e.duration_seconds,
+                    e.billsec,
+                    e.raw_status,
+                    e.raw_cause,
+                    e.sip_code,
+                    e.call_id,
+                ),
+                strict=True,
+            ):
                 col.append(value)
         rows = await conn.fetch(Q.record_outcomes, *cols, now, self.settings.requeue_backoff_seconds)
         applied = {r["attempt_id"] for r in rows}
@@ -364,8 +389,9 @@ class Worker:
         missing = [k for k in first if k not in applied]
         known: set[uuid.UUID] = set()
         if missing:
-            known = {r["id"] for r in await conn.fetch("SELECT id FROM dialer_attempt WHERE id = ANY($1)",
-                                                       missing)}
+            known = {
+                r["id"] for r in await conn.fetch("SELECT id FROM dialer_attempt WHERE id = ANY($1)", missing)
+            }
         for key, item in first.items():
             if item.future is not None and not item.future.done():
                 item.future.set_result(
@@ -382,9 +408,12 @@ class Worker:
         async with self.pool.acquire() as conn:
             await conn.execute(Q.worker_heartbeat, self.id, now, self.draining)
             # Rows of workers that died without deregistering; nothing depends on them but the count.
-            await conn.execute(Q.workers_prune, now - dt.timedelta(seconds=10 * self.settings.heartbeat_interval_seconds))
-            alive = await conn.fetchval(Q.workers_live, now - dt.timedelta(
-                seconds=3 * self.settings.heartbeat_interval_seconds))
+            await conn.execute(
+                Q.workers_prune, now - dt.timedelta(seconds=10 * self.settings.heartbeat_interval_seconds)
+            )
+            alive = await conn.fetchval(
+                Q.workers_live, now - dt.timedelta(seconds=3 * self.settings.heartbeat_interval_seconds)
+            )
         metrics.WORKERS.set(alive)
 
     async def maintain(self) -> None:
@@ -458,8 +487,14 @@ class Worker:
                 metrics.RECONCILED.labels("unknown").inc()
             else:
                 # Still ringing or talking: look again after the longest it can still last.
-                deadlines.append((attempt_id, min(give_up_at, now + dt.timedelta(
-                    seconds=self.settings.reconcile_grace_seconds)), True, event.call_id))
+                deadlines.append(
+                    (
+                        attempt_id,
+                        min(give_up_at, now + dt.timedelta(seconds=self.settings.reconcile_grace_seconds)),
+                        True,
+                        event.call_id,
+                    )
+                )
                 metrics.RECONCILED.labels("still_live").inc()
         async with self.pool.acquire() as conn:
             if release:

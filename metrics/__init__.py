@@ -49,7 +49,10 @@ RECONCILED = Counter(
     registry=REGISTRY,
 )
 LIVE_ATTEMPTS = Gauge(
-    "dialer_live_attempts", "Attempts dialing, ringing or answered (all workers).", ["campaign"], registry=REGISTRY
+    "dialer_live_attempts",
+    "Attempts dialing, ringing or answered (all workers).",
+    ["campaign"],
+    registry=REGISTRY,
 )
 CONCURRENCY_CAP = Gauge(
     "dialer_campaign_max_concurrent_calls", "The campaign's concurrency cap.", ["campaign"], registry=REGISTRY

@@ -17,17 +17,32 @@ def phone(i: int) -> str:
     return f"+1212{200 + i // 10000:03d}{i % 10000:04d}"
 
 
-async def make_campaign(conn: asyncpg.Connection, *, name: str = "c1", start: bool = True,
-                        now: dt.datetime = NOW, **overrides: Any) -> asyncpg.Record:
-    spec = campaigns.CampaignSpec(name=name, **{"max_concurrent_calls": 100, "max_calls_per_second": 100,
-                                                "retry_wait_seconds": 60, **overrides})
+async def make_campaign(
+    conn: asyncpg.Connection,
+    *,
+    name: str = "c1",
+    start: bool = True,
+    now: dt.datetime = NOW,
+    **overrides: Any,
+) -> asyncpg.Record:
+    spec = campaigns.CampaignSpec(
+        name=name,
+        **{"max_concurrent_calls": 100, "max_calls_per_second": 100, "retry_wait_seconds": 60, **overrides},
+    )
     row = await campaigns.create(conn, spec, now)
     if start:
         row = await campaigns.transition(conn, name, "start", now)
     return row
 
 
-async def add_numbers(conn: asyncpg.Connection, campaign_id: int, count: int, *, now: dt.datetime = NOW,
-                      offset: int = 0, priority: int = 0) -> int:
+async def add_numbers(
+    conn: asyncpg.Connection,
+    campaign_id: int,
+    count: int,
+    *,
+    now: dt.datetime = NOW,
+    offset: int = 0,
+    priority: int = 0,
+) -> int:
     rows = [campaigns.NumberRow(phone=phone(offset + i), priority=priority) for i in range(count)]
     return await campaigns.enqueue(conn, campaign_id, rows, now)

@@ -38,8 +38,14 @@ class StartError(Exception):
     request may have been processed (timeout, 5xx after sending): reconcile, never redial blind.
     """
 
-    def __init__(self, kind: StartErrorKind, message: str, *, outcome: Outcome | None = None,
-                 raw_status: str | None = None) -> None:
+    def __init__(
+        self,
+        kind: StartErrorKind,
+        message: str,
+        *,
+        outcome: Outcome | None = None,
+        raw_status: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.kind: StartErrorKind = kind
         self.outcome = outcome

@@ -15,7 +15,14 @@ import orjson
 from aiolimiter import AsyncLimiter
 
 import metrics
-from dialer.providers.base import Accepted, CallbackError, CallEvent, ProviderUnavailable, StartError, StartRequest
+from dialer.providers.base import (
+    Accepted,
+    CallbackError,
+    CallEvent,
+    ProviderUnavailable,
+    StartError,
+    StartRequest,
+)
 from scheduler.outcomes import Outcome, from_q850, from_sip
 
 _FINAL = {"completed", "busy", "no-answer", "failed", "canceled"}
@@ -81,8 +88,13 @@ def event_from_record(data: Mapping[str, Any]) -> CallEvent:
             sip_code=sip,
         )
     if status == "in-progress" or (answered and status not in ("queued", "ringing")):
-        return CallEvent(attempt_id=attempt_id, call_id=call_id, kind="answered", answered_at=answered_at,
-                         raw_status=status)
+        return CallEvent(
+            attempt_id=attempt_id,
+            call_id=call_id,
+            kind="answered",
+            answered_at=answered_at,
+            raw_status=status,
+        )
     if status in ("queued", "ringing"):
         return CallEvent(attempt_id=attempt_id, call_id=call_id, kind="ringing", raw_status=status)
     raise ValueError(f"unknown call status {status!r}")
@@ -129,18 +141,22 @@ class SimulatedProvider:
             await self._limiter.acquire()
 
     async def start_call(self, request: StartRequest) -> Accepted:
-        body = orjson.dumps({
-            "attempt_id": request.attempt_id,
-            "to": request.phone,
-            "from": request.caller_id,
-            "ring_timeout_seconds": request.ring_timeout_seconds,
-            "callback_url": request.callback_url,
-            "dtmf": request.dtmf,
-            "metadata": {"campaign": request.campaign},
-        })
+        body = orjson.dumps(
+            {
+                "attempt_id": request.attempt_id,
+                "to": request.phone,
+                "from": request.caller_id,
+                "ring_timeout_seconds": request.ring_timeout_seconds,
+                "callback_url": request.callback_url,
+                "dtmf": request.dtmf,
+                "metadata": {"campaign": request.campaign},
+            }
+        )
         started = time.perf_counter()
         try:
-            async with self._client().post(f"{self._base}/v1/calls", data=body, headers=self._headers) as resp:
+            async with self._client().post(
+                f"{self._base}/v1/calls", data=body, headers=self._headers
+            ) as resp:
                 payload = await resp.read()
                 status = resp.status
         except aiohttp.ClientConnectorError as exc:
@@ -149,7 +165,9 @@ class SimulatedProvider:
             raise StartError("not_sent", f"provider unreachable: {exc.os_error}") from None
         except (TimeoutError, aiohttp.ClientError) as exc:
             self._error("ambiguous")
-            raise StartError("ambiguous", f"start request failed after sending: {type(exc).__name__}") from None
+            raise StartError(
+                "ambiguous", f"start request failed after sending: {type(exc).__name__}"
+            ) from None
         finally:
             self._latency_start.observe(time.perf_counter() - started)
         if status in (200, 201):
@@ -171,13 +189,25 @@ class SimulatedProvider:
             raise StartError("ambiguous", f"provider answered {status}")
         self._error("rejected")
         if status in (401, 403):
-            raise StartError("rejected", f"provider refused our credentials ({status})",
-                             outcome=Outcome.ACCOUNT_ERROR, raw_status=str(status))
+            raise StartError(
+                "rejected",
+                f"provider refused our credentials ({status})",
+                outcome=Outcome.ACCOUNT_ERROR,
+                raw_status=str(status),
+            )
         if code == "invalid_number":
-            raise StartError("rejected", "provider says the number is invalid",
-                             outcome=Outcome.INVALID_NUMBER, raw_status=code)
-        raise StartError("rejected", f"provider answered {status} ({code or 'no code'})",
-                         outcome=Outcome.PROVIDER_ERROR, raw_status=str(status))
+            raise StartError(
+                "rejected",
+                "provider says the number is invalid",
+                outcome=Outcome.INVALID_NUMBER,
+                raw_status=code,
+            )
+        raise StartError(
+            "rejected",
+            f"provider answered {status} ({code or 'no code'})",
+            outcome=Outcome.PROVIDER_ERROR,
+            raw_status=str(status),
+        )
 
     async def lookup(self, attempt_id: str, call_id: str | None) -> CallEvent | None:
         started = time.perf_counter()

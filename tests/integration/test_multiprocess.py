@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import itertools
 import os
 import signal
 import subprocess
@@ -112,7 +113,7 @@ def assert_no_overlap_and_retry_wait(attempts: list[asyncpg.Record], retry_wait:
         by_number[a["number_id"]].append(a)
     for rows in by_number.values():
         rows.sort(key=lambda r: r["claimed_at"])
-        for prev, nxt in zip(rows, rows[1:], strict=False):
+        for prev, nxt in itertools.pairwise(rows):
             assert prev["ended_at"] is not None and nxt["claimed_at"] >= prev["ended_at"], "two live attempts"
             if prev["consumed_attempt"]:
                 wait = dt.timedelta(seconds=retry_wait[prev["campaign_id"]])
@@ -121,18 +122,43 @@ def assert_no_overlap_and_retry_wait(attempts: list[asyncpg.Record], retry_wait:
 
 async def test_three_workers_hold_every_campaign_limit(dsn: str, conn: asyncpg.Connection) -> None:
     """3 workers: caps, per-second rate, business hours, retry spacing and attempt limits all hold."""
-    async with simulator(time_scale=0.004, answer_probability=0.3, busy_probability=0.3,
-                         no_answer_probability=0.25, failed_probability=0.15,
-                         duplicate_callback_probability=0.2, out_of_order_probability=0.2) as sim:
+    async with simulator(
+        time_scale=0.004,
+        answer_probability=0.3,
+        busy_probability=0.3,
+        no_answer_probability=0.25,
+        failed_probability=0.15,
+        duplicate_callback_probability=0.2,
+        out_of_order_probability=0.2,
+    ) as sim:
         now = dt.datetime.now(dt.UTC)
-        a = await make_campaign(conn, name="tight", now=now, max_concurrent_calls=4, max_calls_per_second=10,
-                                max_retries=1, retry_wait_seconds=1)
-        b = await make_campaign(conn, name="wide", now=now, max_concurrent_calls=12, max_calls_per_second=15,
-                                max_retries=2, retry_wait_seconds=1)
+        a = await make_campaign(
+            conn,
+            name="tight",
+            now=now,
+            max_concurrent_calls=4,
+            max_calls_per_second=10,
+            max_retries=1,
+            retry_wait_seconds=1,
+        )
+        b = await make_campaign(
+            conn,
+            name="wide",
+            now=now,
+            max_concurrent_calls=12,
+            max_calls_per_second=15,
+            max_retries=2,
+            retry_wait_seconds=1,
+        )
         # Open only on the weekday three days from now, so it is closed for the whole test.
         closed_day = (now.isoweekday() + 3) % 7
-        c = await make_campaign(conn, name="closed", now=now, time_zone="Asia/Tokyo",
-                                business_hours=[{"day_of_week": closed_day, "time_open": 0, "time_close": 100}])
+        c = await make_campaign(
+            conn,
+            name="closed",
+            now=now,
+            time_zone="Asia/Tokyo",
+            business_hours=[{"day_of_week": closed_day, "time_open": 0, "time_close": 100}],
+        )
         await add_numbers(conn, a["id"], 40, now=now)
         await add_numbers(conn, b["id"], 60, now=now, offset=1000)
         await add_numbers(conn, c["id"], 10, now=now, offset=2000)
@@ -140,7 +166,9 @@ async def test_three_workers_hold_every_campaign_limit(dsn: str, conn: asyncpg.C
         workers = [spawn(dsn, sim.base_url) for _ in range(3)]
         with reap(workers):
             await wait_ready(workers)
-            await wait_until(conn, "SELECT count(*) = 2 FROM dialer_campaign WHERE status = 'finished'", timeout=90)
+            await wait_until(
+                conn, "SELECT count(*) = 2 FROM dialer_campaign WHERE status = 'finished'", timeout=90
+            )
             for w in workers:
                 w.signal(signal.SIGTERM)
             assert [w.proc.wait(timeout=20) for w in workers] == [0, 0, 0]
@@ -157,16 +185,23 @@ async def test_three_workers_hold_every_campaign_limit(dsn: str, conn: asyncpg.C
         assert provider_ids == {str(r["id"]) for r in attempts}
         # Per-second rate from the claim timestamps, over every 1-second window.
         for campaign, cps in ((a, 10), (b, 15)):
-            stamps = sorted(r["claimed_at"].timestamp() for r in attempts if r["campaign_id"] == campaign["id"])
+            stamps = sorted(
+                r["claimed_at"].timestamp() for r in attempts if r["campaign_id"] == campaign["id"]
+            )
             assert max_in_window(stamps) <= cps
         # Business hours: the closed campaign never dialed and its numbers are waiting, not failed.
         assert not [r for r in attempts if r["campaign_id"] == c["id"]]
-        assert await conn.fetchval("SELECT count(*) FROM dialer_number WHERE campaign_id = $1 AND status = 'untried'",
-                                   c["id"]) == 10
+        assert (
+            await conn.fetchval(
+                "SELECT count(*) FROM dialer_number WHERE campaign_id = $1 AND status = 'untried'", c["id"]
+            )
+            == 10
+        )
         # Attempt limits and retry spacing.
         over = await conn.fetchval(
             """SELECT count(*) FROM dialer_number n JOIN dialer_campaign c ON c.id = n.campaign_id
-                WHERE n.attempts > 1 + c.max_retries""")
+                WHERE n.attempts > 1 + c.max_retries"""
+        )
         assert over == 0
         assert_no_overlap_and_retry_wait(attempts, {a["id"]: 1, b["id"]: 1, c["id"]: 1})
         assert await conn.fetchval("SELECT count(*) FROM dialer_attempt WHERE state <> 'ended'") == 0
@@ -176,12 +211,26 @@ async def test_three_workers_hold_every_campaign_limit(dsn: str, conn: asyncpg.C
 
 async def test_sigkill_loses_no_number_and_never_redials_blind(dsn: str, conn: asyncpg.Connection) -> None:
     """A worker killed with SIGKILL mid-flight: the others finish every number, no call is duplicated."""
-    async with simulator(time_scale=0.01, answer_probability=0.6, busy_probability=0.2,
-                         no_answer_probability=0.2, failed_probability=0.0,
-                         slow_response_probability=0.3, slow_response_seconds=0.4) as sim:
+    async with simulator(
+        time_scale=0.01,
+        answer_probability=0.6,
+        busy_probability=0.2,
+        no_answer_probability=0.2,
+        failed_probability=0.0,
+        slow_response_probability=0.3,
+        slow_response_seconds=0.4,
+    ) as sim:
         now = dt.datetime.now(dt.UTC)
-        camp = await make_campaign(conn, name="k", now=now, max_concurrent_calls=40, max_calls_per_second=60,
-                                   max_retries=1, retry_wait_seconds=1, ring_timeout_seconds=5)
+        camp = await make_campaign(
+            conn,
+            name="k",
+            now=now,
+            max_concurrent_calls=40,
+            max_calls_per_second=60,
+            max_retries=1,
+            retry_wait_seconds=1,
+            ring_timeout_seconds=5,
+        )
         await add_numbers(conn, camp["id"], 200, now=now)
         workers = [spawn(dsn, sim.base_url) for _ in range(3)]
         with reap(workers):
@@ -190,7 +239,9 @@ async def test_sigkill_loses_no_number_and_never_redials_blind(dsn: str, conn: a
             victim = workers[0]
             victim.signal(signal.SIGKILL)
             victim.proc.wait(timeout=10)
-            await wait_until(conn, "SELECT status = 'finished' FROM dialer_campaign WHERE name = 'k'", timeout=90)
+            await wait_until(
+                conn, "SELECT status = 'finished' FROM dialer_campaign WHERE name = 'k'", timeout=90
+            )
             for w in workers[1:]:
                 w.signal(signal.SIGTERM)
             assert [w.proc.wait(timeout=20) for w in workers[1:]] == [0, 0]
@@ -201,8 +252,12 @@ async def test_sigkill_loses_no_number_and_never_redials_blind(dsn: str, conn: a
         provider_ids = {e["attempt_id"] for e in sim.log() if e["response_status"] in (200, 201)}
         # Every call the provider placed is an attempt we recorded (none released while it rang).
         assert provider_ids <= {str(r["id"]) for r in attempts}
-        assert await conn.fetchval(
-            "SELECT count(*) FROM dialer_number WHERE status NOT IN ('completed', 'failed', 'dnc')") == 0
+        assert (
+            await conn.fetchval(
+                "SELECT count(*) FROM dialer_number WHERE status NOT IN ('completed', 'failed', 'dnc')"
+            )
+            == 0
+        )
         assert stats["max_live_calls_by_campaign"]["k"] <= 40
         assert_no_overlap_and_retry_wait(attempts, {camp["id"]: 1})
         # The victim had dialed before it died, so its calls were really recovered by the others.
@@ -211,17 +266,28 @@ async def test_sigkill_loses_no_number_and_never_redials_blind(dsn: str, conn: a
 
 async def test_sigterm_drains_and_releases_unsent_claims(dsn: str, conn: asyncpg.Connection) -> None:
     """SIGTERM: stop claiming, finish in-flight requests, release never-sent claims uncounted, exit 0."""
-    async with simulator(time_scale=0.01, answer_probability=1, busy_probability=0, no_answer_probability=0,
-                         failed_probability=0) as sim:
+    async with simulator(
+        time_scale=0.01,
+        answer_probability=1,
+        busy_probability=0,
+        no_answer_probability=0,
+        failed_probability=0,
+    ) as sim:
         now = dt.datetime.now(dt.UTC)
         # Callbacks for calls placed by the drained worker go to its closed port (in Kubernetes they
         # would reach another pod through the Service): the sweeper picks them up after ring timeout.
-        camp = await make_campaign(conn, name="t", now=now, max_concurrent_calls=50, max_calls_per_second=50,
-                                   ring_timeout_seconds=5)
+        camp = await make_campaign(
+            conn, name="t", now=now, max_concurrent_calls=50, max_calls_per_second=50, ring_timeout_seconds=5
+        )
         await add_numbers(conn, camp["id"], 100, now=now)
         # The account limit (2 calls/s) holds most claims in the worker, unsent, when SIGTERM arrives.
-        worker = spawn(dsn, sim.base_url, DIALER_PROVIDER_MAX_CALLS_PER_SECOND="2",
-                       DIALER_SHUTDOWN_GRACE_SECONDS="1", DIALER_MAX_INFLIGHT_REQUESTS="20")
+        worker = spawn(
+            dsn,
+            sim.base_url,
+            DIALER_PROVIDER_MAX_CALLS_PER_SECOND="2",
+            DIALER_SHUTDOWN_GRACE_SECONDS="1",
+            DIALER_MAX_INFLIGHT_REQUESTS="20",
+        )
         with reap([worker]):
             await wait_ready([worker])
             await wait_until(conn, "SELECT count(*) >= 20 FROM dialer_attempt")

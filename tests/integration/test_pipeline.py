@@ -46,20 +46,30 @@ class Stack:
 
     async def post_callback(self, body: bytes, signature: str | None = None) -> tuple[int, Any]:
         sig = signature if signature is not None else hmac.new(SECRET.encode(), body, sha256).hexdigest()
-        async with aiohttp.ClientSession() as s, s.post(
-            self.callback_url, data=body, headers={"X-Simulator-Signature": sig}
-        ) as r:
+        async with (
+            aiohttp.ClientSession() as s,
+            s.post(self.callback_url, data=body, headers={"X-Simulator-Signature": sig}) as r,
+        ):
             return r.status, await r.json()
 
 
 @contextlib.asynccontextmanager
 async def stack(pool: asyncpg.Pool, conn: asyncpg.Connection, **sim: Any) -> AsyncIterator[Stack]:
-    simulator = Simulator(SimulatorConfig(api_key="k", callback_secret=SECRET, time_scale=0.001, seed=1, **sim))
+    simulator = Simulator(
+        SimulatorConfig(api_key="k", callback_secret=SECRET, time_scale=0.001, seed=1, **sim)
+    )
     sim_url = await simulator.start()
     clock = ManualClock(dt.datetime.now(dt.UTC).replace(microsecond=0))
-    settings = Settings(callback_secret=Secret(SECRET), provider_url=sim_url, provider_api_key=Secret("k"),
-                        public_url="http://placeholder", reconcile_grace_seconds=5, requeue_backoff_seconds=30,
-                        provider_timeout_seconds=2, dial_timeout_seconds=5)
+    settings = Settings(
+        callback_secret=Secret(SECRET),
+        provider_url=sim_url,
+        provider_api_key=Secret("k"),
+        public_url="http://placeholder",
+        reconcile_grace_seconds=5,
+        requeue_backoff_seconds=30,
+        provider_timeout_seconds=2,
+        dial_timeout_seconds=5,
+    )
     provider = SimulatedProvider(sim_url, "k", SECRET, timeout_seconds=2)
     worker = Worker(settings, pool, {"simulator": provider}, clock)
     runner = web.AppRunner(make_app(worker))
@@ -90,30 +100,41 @@ async def claim(st: Stack, limit: int = 1000) -> int:
 
 
 async def number_statuses(conn: asyncpg.Connection) -> dict[str, int]:
-    return {r["status"]: r["n"] for r in await conn.fetch(
-        "SELECT status, count(*) AS n FROM dialer_number GROUP BY status")}
+    return {
+        r["status"]: r["n"]
+        for r in await conn.fetch("SELECT status, count(*) AS n FROM dialer_number GROUP BY status")
+    }
 
 
 async def test_answered_call_is_recorded_end_to_end(pool: asyncpg.Pool, conn: asyncpg.Connection) -> None:
     """An answered call goes claim → start request → signed callback → completed number with a full CDR."""
-    async with stack(pool, conn, answer_probability=1, busy_probability=0, no_answer_probability=0,
-                     failed_probability=0) as st:
+    async with stack(
+        pool, conn, answer_probability=1, busy_probability=0, no_answer_probability=0, failed_probability=0
+    ) as st:
         c = await make_campaign(conn, now=st.clock.now())
         await add_numbers(conn, c["id"], 5, now=st.clock.now())
         assert await claim(st) == 5
         await st.settle()
         cdr = await conn.fetch("SELECT * FROM dialer_attempt")
         assert {r["outcome"] for r in cdr} == {"answered_human"}
-        assert all(r["provider_call_id"] and r["answered_at"] and r["ended_at"] and r["decision"] == "final"
-                   and r["consumed_attempt"] and r["raw_status"] == "completed" for r in cdr)
+        assert all(
+            r["provider_call_id"]
+            and r["answered_at"]
+            and r["ended_at"]
+            and r["decision"] == "final"
+            and r["consumed_attempt"]
+            and r["raw_status"] == "completed"
+            for r in cdr
+        )
         assert await number_statuses(conn) == {"completed": 5}
         assert st.sim.stats()["calls_started"] == 5
 
 
 async def test_busy_retries_after_wait_then_exhausts(pool: asyncpg.Pool, conn: asyncpg.Connection) -> None:
     """Busy retries no sooner than retry_wait after the call ended, and stops after 1 + max_retries attempts."""
-    async with stack(pool, conn, answer_probability=0, busy_probability=1, no_answer_probability=0,
-                     failed_probability=0) as st:
+    async with stack(
+        pool, conn, answer_probability=0, busy_probability=1, no_answer_probability=0, failed_probability=0
+    ) as st:
         c = await make_campaign(conn, now=st.clock.now(), max_retries=2, retry_wait_seconds=600)
         await add_numbers(conn, c["id"], 3, now=st.clock.now())
         for round_ in range(3):
@@ -129,14 +150,18 @@ async def test_busy_retries_after_wait_then_exhausts(pool: asyncpg.Pool, conn: a
         assert {r["decision"]: r["n"] for r in rows} == {"retry": 6, "exhausted": 3}
         gaps = await conn.fetch(
             """SELECT a.claimed_at - lag(a.ended_at) OVER (PARTITION BY a.number_id ORDER BY a.attempt_no) AS gap
-                 FROM dialer_attempt a""")
+                 FROM dialer_attempt a"""
+        )
         assert all(g["gap"] is None or g["gap"] >= dt.timedelta(seconds=600) for g in gaps)
 
 
-async def test_concurrency_and_rate_caps_hold_in_the_claim(pool: asyncpg.Pool, conn: asyncpg.Connection) -> None:
+async def test_concurrency_and_rate_caps_hold_in_the_claim(
+    pool: asyncpg.Pool, conn: asyncpg.Connection
+) -> None:
     """One claim never exceeds max_calls_per_second, and live attempts never exceed max_concurrent_calls."""
-    async with stack(pool, conn, answer_probability=0, busy_probability=1, no_answer_probability=0,
-                     failed_probability=0) as st:
+    async with stack(
+        pool, conn, answer_probability=0, busy_probability=1, no_answer_probability=0, failed_probability=0
+    ) as st:
         c = await make_campaign(conn, now=st.clock.now(), max_concurrent_calls=5, max_calls_per_second=3)
         await add_numbers(conn, c["id"], 20, now=st.clock.now())
         await st.worker.refresh_windows()
@@ -150,7 +175,9 @@ async def test_concurrency_and_rate_caps_hold_in_the_claim(pool: asyncpg.Pool, c
         assert len(await conn.fetch("SELECT * FROM dialer_claim($1, 100, $2, 30)", uuid.uuid4(), t3)) == 0
 
 
-async def test_provider_error_does_not_consume_an_attempt(pool: asyncpg.Pool, conn: asyncpg.Connection) -> None:
+async def test_provider_error_does_not_consume_an_attempt(
+    pool: asyncpg.Pool, conn: asyncpg.Connection
+) -> None:
     """A 429 'not processed' requeues the number after the backoff without counting an attempt."""
     async with stack(pool, conn, rate_limit_429_probability=1) as st:
         c = await make_campaign(conn, now=st.clock.now(), max_retries=0)
@@ -160,10 +187,13 @@ async def test_provider_error_does_not_consume_an_attempt(pool: asyncpg.Pool, co
         assert all(r["status"] == "retry_wait" and r["attempts"] == 0 and r["dials"] == 1 for r in rows)
         outcomes = await conn.fetch("SELECT outcome, consumed_attempt, decision FROM dialer_attempt")
         assert {(r["outcome"], r["consumed_attempt"], r["decision"]) for r in outcomes} == {
-            ("provider_error", False, "requeue")}
+            ("provider_error", False, "requeue")
+        }
 
 
-async def test_pause_stops_new_attempts_at_the_next_claim(pool: asyncpg.Pool, conn: asyncpg.Connection) -> None:
+async def test_pause_stops_new_attempts_at_the_next_claim(
+    pool: asyncpg.Pool, conn: asyncpg.Connection
+) -> None:
     """Pausing a campaign stops the very next claim; resuming dials again."""
     async with stack(pool, conn) as st:
         c = await make_campaign(conn, now=st.clock.now(), max_calls_per_second=2)
@@ -200,15 +230,22 @@ async def test_business_hours_follow_dst(pool: asyncpg.Pool, conn: asyncpg.Conne
         hours = [{"day_of_week": d, "time_open": 900, "time_close": 1000} for d in range(7)]
         # 2027-03-14 is the US spring-forward day: 09:00 EDT = 13:00 UTC; the day before, 09:00 EST = 14:00 UTC.
         st.clock.set(dt.datetime(2027, 3, 13, 13, 30, tzinfo=dt.UTC))
-        c = await make_campaign(conn, now=st.clock.now(), time_zone="America/New_York", business_hours=hours,
-                                max_retries=5, retry_wait_seconds=0)
+        c = await make_campaign(
+            conn,
+            now=st.clock.now(),
+            time_zone="America/New_York",
+            business_hours=hours,
+            max_retries=5,
+            retry_wait_seconds=0,
+        )
         await add_numbers(conn, c["id"], 1, now=st.clock.now())
         assert await claim(st) == 0  # 08:30 EST
         st.clock.set(dt.datetime(2027, 3, 13, 14, 0, tzinfo=dt.UTC))
         assert await claim(st) == 1
         await st.settle()
-        await conn.execute("UPDATE dialer_number SET status = 'retry_wait', next_attempt_at = $1",
-                           st.clock.now())
+        await conn.execute(
+            "UPDATE dialer_number SET status = 'retry_wait', next_attempt_at = $1", st.clock.now()
+        )
         st.clock.set(dt.datetime(2027, 3, 14, 12, 59, tzinfo=dt.UTC))  # 08:59 EDT
         assert await claim(st) == 0
         st.clock.set(dt.datetime(2027, 3, 14, 13, 0, tzinfo=dt.UTC))  # 09:00 EDT
@@ -224,14 +261,23 @@ async def test_forged_malformed_and_unknown_callbacks_change_nothing(
         await add_numbers(conn, c["id"], 1, now=st.clock.now())
         assert await claim(st) == 1
         attempt = await conn.fetchrow("SELECT * FROM dialer_attempt")
-        body = orjson.dumps({"attempt_id": str(attempt["id"]), "call_id": attempt["provider_call_id"],
-                             "status": "completed", "answered": True, "duration_seconds": 3, "billsec": 3,
-                             "cause_code": 16})
+        body = orjson.dumps(
+            {
+                "attempt_id": str(attempt["id"]),
+                "call_id": attempt["provider_call_id"],
+                "status": "completed",
+                "answered": True,
+                "duration_seconds": 3,
+                "billsec": 3,
+                "cause_code": 16,
+            }
+        )
         assert (await st.post_callback(body, signature="0" * 64))[0] == 401
         assert (await st.post_callback(b"{not json"))[0] == 400
         assert (await st.post_callback(orjson.dumps({"attempt_id": "x", "status": "completed"})))[0] == 400
-        assert (await st.post_callback(orjson.dumps({"attempt_id": str(attempt["id"]), "status": "exploded"})))[0] \
-            == 400
+        assert (
+            await st.post_callback(orjson.dumps({"attempt_id": str(attempt["id"]), "status": "exploded"}))
+        )[0] == 400
         unknown = orjson.dumps({"attempt_id": str(uuid.uuid4()), "status": "busy"})
         assert (await st.post_callback(unknown))[0] == 404
         assert (await conn.fetchrow("SELECT state FROM dialer_attempt"))["state"] == "ringing"
@@ -249,8 +295,15 @@ async def test_sweeper_reconciles_lost_callback_and_releases_unsent(
     pool: asyncpg.Pool, conn: asyncpg.Connection
 ) -> None:
     """A dropped callback is recovered by lookup; a claim the provider never saw is released uncounted."""
-    async with stack(pool, conn, drop_callback_probability=1, answer_probability=0, busy_probability=1,
-                     no_answer_probability=0, failed_probability=0) as st:
+    async with stack(
+        pool,
+        conn,
+        drop_callback_probability=1,
+        answer_probability=0,
+        busy_probability=1,
+        no_answer_probability=0,
+        failed_probability=0,
+    ) as st:
         c = await make_campaign(conn, now=st.clock.now(), max_calls_per_second=100)
         await add_numbers(conn, c["id"], 2, now=st.clock.now())
         assert await claim(st) == 2
@@ -266,15 +319,18 @@ async def test_sweeper_reconciles_lost_callback_and_releases_unsent(
         await st.worker.flush()
         assert await conn.fetchval("SELECT count(*) FROM dialer_attempt WHERE state <> 'ended'") == 0
         assert sorted(r["outcome"] for r in await conn.fetch("SELECT outcome FROM dialer_attempt")) == [
-            "busy", "busy"]
+            "busy",
+            "busy",
+        ]
         ghost_number = await conn.fetchrow("SELECT * FROM dialer_number WHERE id = $1", ghost[0]["number_id"])
         assert (ghost_number["status"], ghost_number["attempts"], ghost_number["dials"]) == ("untried", 0, 0)
 
 
 async def test_finished_when_nothing_is_left(pool: asyncpg.Pool, conn: asyncpg.Connection) -> None:
     """A running campaign becomes finished once every number is final."""
-    async with stack(pool, conn, answer_probability=1, busy_probability=0, no_answer_probability=0,
-                     failed_probability=0) as st:
+    async with stack(
+        pool, conn, answer_probability=1, busy_probability=0, no_answer_probability=0, failed_probability=0
+    ) as st:
         c = await make_campaign(conn, now=st.clock.now())
         await add_numbers(conn, c["id"], 2, now=st.clock.now())
         await claim(st)
@@ -283,13 +339,16 @@ async def test_finished_when_nothing_is_left(pool: asyncpg.Pool, conn: asyncpg.C
         assert (await campaigns.get(conn, "c1"))["status"] == "finished"
 
 
-@pytest.mark.parametrize("field,value,message", [
-    ("ring_timeout_seconds", 1, "ring_timeout_seconds"),
-    ("max_concurrent_calls", 0, "max_concurrent_calls"),
-    ("time_zone", "Mars/Base", "unknown time zone"),
-    ("caller_id", "12345", "caller_id"),
-    ("business_hours", [{"day_of_week": 9}], "business_hours"),
-])
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("ring_timeout_seconds", 1, "ring_timeout_seconds"),
+        ("max_concurrent_calls", 0, "max_concurrent_calls"),
+        ("time_zone", "Mars/Base", "unknown time zone"),
+        ("caller_id", "12345", "caller_id"),
+        ("business_hours", [{"day_of_week": 9}], "business_hours"),
+    ],
+)
 async def test_impossible_campaign_settings_are_refused(
     conn: asyncpg.Connection, field: str, value: Any, message: str
 ) -> None:
