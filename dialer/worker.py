@@ -16,7 +16,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeAlias
 
 import asyncpg
 
@@ -30,7 +30,8 @@ from scheduler.outcomes import Outcome, classify
 
 log = logging.getLogger(__name__)
 
-Conn = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy[asyncpg.Record]
+# Runtime asyncpg classes are not generic; only the stubs are, hence the string alias.
+Conn: TypeAlias = "asyncpg.Connection[asyncpg.Record] | asyncpg.pool.PoolConnectionProxy[asyncpg.Record]"
 
 # How long the sweeper holds an overdue attempt while it asks the provider about it.
 _SWEEP_LEASE_SECONDS = 30
