@@ -252,6 +252,6 @@ def settings_table() -> str:
         if f.default_factory is not dataclasses.MISSING:
             default = "(secret, empty)"
         else:
-            default = "(unset)" if f.default is None else f"`{f.default}`"
+            default = "(unset)" if f.default in (None, "") else f"`{f.default}`"
         rows.append(f"| `{name}` | {default} | {f.metadata.get('doc', '')} |")
     return "\n".join(rows)

@@ -56,7 +56,9 @@ async def test_duplicates_inside_one_file_count_once(conn: asyncpg.Connection, t
     assert sorted(r["phone"] for r in await conn.fetch("SELECT phone FROM dialer_number")) == [p, phone(8)]
 
 
-async def test_the_same_number_may_be_queued_in_two_campaigns(conn: asyncpg.Connection, tmp_path: Path) -> None:
+async def test_the_same_number_may_be_queued_in_two_campaigns(
+    conn: asyncpg.Connection, tmp_path: Path
+) -> None:
     """Deduplication is per campaign: one list loaded into two campaigns queues it twice."""
     first, second = await make_campaign(conn, name="a"), await make_campaign(conn, name="b")
     path = _write(tmp_path, "list.csv", f"{phone(1)}\n{phone(2)}\n")
@@ -97,7 +99,7 @@ async def test_a_file_that_fails_midway_writes_nothing(conn: asyncpg.Connection,
             yield row
 
     # Small chunks, so several COPY batches reach the staging table before the error surfaces.
-    with pytest.raises(ingest.IngestError, match="truncated.csv.gz: cannot read"):
+    with pytest.raises(ingest.IngestError, match=r"truncated\.csv\.gz: cannot read"):
         await campaigns.enqueue(conn, c["id"], counted(), NOW, chunk=500)
     assert seen > 2_000
     assert await _count(conn) == 1
@@ -122,7 +124,10 @@ async def test_enqueue_reopens_a_finished_campaign(conn: asyncpg.Connection) -> 
     c = await make_campaign(conn)
     await conn.execute("UPDATE dialer_campaign SET status = 'finished' WHERE id = $1", c["id"])
     assert await campaigns.enqueue(conn, c["id"], [campaigns.NumberRow(phone=phone(1))], NOW) == 1
-    row = await conn.fetchrow("SELECT status, status_reason, updated_at FROM dialer_campaign WHERE id = $1", c["id"])
+    row = await conn.fetchrow(
+        "SELECT status, status_reason, updated_at FROM dialer_campaign WHERE id = $1", c["id"]
+    )
+    assert row is not None
     assert (row["status"], row["status_reason"], row["updated_at"]) == ("running", "numbers added", NOW)
 
 
@@ -168,8 +173,12 @@ async def test_priority_and_payload_are_stored(conn: asyncpg.Connection) -> None
     assert {(r["status"], r["attempts"], r["dials"], r["next_attempt_at"]) for r in got.values()} == {
         ("untried", 0, 0, NOW)
     }
-    assert await conn.fetchval("SELECT payload->'nested'->>'ratio' FROM dialer_number WHERE phone = $1", phone(1)) \
+    assert (
+        await conn.fetchval(
+            "SELECT payload->'nested'->>'ratio' FROM dialer_number WHERE phone = $1", phone(1)
+        )
         == "0.5"
+    )
 
 
 async def test_first_copy_of_a_duplicate_wins(conn: asyncpg.Connection) -> None:

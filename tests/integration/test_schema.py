@@ -186,7 +186,9 @@ async def test_database_refuses_a_non_e164_phone(conn: asyncpg.Connection, phone
     ],
     ids=lambda c: ",".join(c),
 )
-async def test_database_refuses_an_impossible_campaign(conn: asyncpg.Connection, columns: dict[str, Any]) -> None:
+async def test_database_refuses_an_impossible_campaign(
+    conn: asyncpg.Connection, columns: dict[str, Any]
+) -> None:
     """Campaign limits, status and dates are CHECKed by the table, not only by CampaignSpec.validate."""
     with pytest.raises(asyncpg.CheckViolationError):
         await _campaign(conn, **columns)
@@ -232,10 +234,18 @@ async def test_ended_attempts_do_not_block_the_next_one(conn: asyncpg.Connection
         {"state": "ended", "outcome": "dropped", "ended_at": NOW, "decision": "final"},
         {"attempt_no": 0},
     ],
-    ids=["ended-without-outcome", "ended-without-decision", "live-with-outcome", "bad-state",
-         "bad-outcome", "attempt-zero"],
+    ids=[
+        "ended-without-outcome",
+        "ended-without-decision",
+        "live-with-outcome",
+        "bad-state",
+        "bad-outcome",
+        "attempt-zero",
+    ],
 )
-async def test_database_refuses_an_inconsistent_attempt(conn: asyncpg.Connection, columns: dict[str, Any]) -> None:
+async def test_database_refuses_an_inconsistent_attempt(
+    conn: asyncpg.Connection, columns: dict[str, Any]
+) -> None:
     """An attempt is 'ended' exactly when outcome, ended_at and decision are all recorded."""
     campaign_id = await _campaign(conn)
     number_id = await _number(conn, campaign_id)

@@ -71,7 +71,11 @@ def test_overrides_win_over_the_environment() -> None:
             "DIALER_DIAL_TIMEOUT_SECONDS",
             "must exceed DIALER_PROVIDER_TIMEOUT_SECONDS",
         ),
-        ({"DIALER_POLL_INTERVAL_SECONDS": "nan"}, "DIALER_POLL_INTERVAL_SECONDS", "'nan' is not a valid number"),
+        (
+            {"DIALER_POLL_INTERVAL_SECONDS": "nan"},
+            "DIALER_POLL_INTERVAL_SECONDS",
+            "'nan' is not a valid number",
+        ),
         ({"DIALER_FLUSH_INTERVAL_SECONDS": "NaN"}, "DIALER_FLUSH_INTERVAL_SECONDS", "not a valid number"),
         ({"DIALER_POLL_INTERVAL_SECONDS": "-1"}, "DIALER_POLL_INTERVAL_SECONDS", "must be > 0"),
         ({"DIALER_LOG_LEVEL": "chatty"}, "DIALER_LOG_LEVEL", "must be DEBUG, INFO, WARNING or ERROR"),

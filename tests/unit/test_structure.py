@@ -137,14 +137,23 @@ def test_parse_queries_rejects_duplicate_names() -> None:
 
 def test_unknown_query_name_is_an_attribute_error() -> None:
     """A query name missing from queries.sql fails loudly and names the file to look in."""
-    with pytest.raises(AttributeError, match="queue/queries.sql"):
+    with pytest.raises(AttributeError, match=r"queue/queries\.sql"):
         _ = sql.Q.no_such_query_anywhere
 
 
 @pytest.mark.parametrize("path", list(_python_files("scheduler")), ids=lambda p: p.name)
 def test_scheduler_is_pure(path: Path) -> None:
     """Pacing maths does no I/O: scheduler/ imports no database, HTTP, event loop, dialer or metrics code."""
-    forbidden = {"asyncpg", "aiohttp", "asyncio", "dialer", "metrics", "prometheus_client", "socket", "uvloop"}
+    forbidden = {
+        "asyncpg",
+        "aiohttp",
+        "asyncio",
+        "dialer",
+        "metrics",
+        "prometheus_client",
+        "socket",
+        "uvloop",
+    }
     assert _imported_top_levels(path) & forbidden == set()
 
 
