@@ -18,7 +18,6 @@ import asyncio
 import json
 import sys
 import time
-from typing import Any
 
 import aiohttp
 import asyncpg
@@ -55,7 +54,7 @@ UPDATE bench_job j SET status = 2, result = u.r
 # ------------------------------------------------------------------------------------------ worker side
 
 
-async def _http_loop(dsn: str, url: str, batch: int, inflight: int) -> int:
+async def _http_loop(dsn: str, url: str, batch: int, inflight: int) -> None:
     claim_conn = await asyncpg.connect(dsn)
     ack_conn = await asyncpg.connect(dsn)
     session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=inflight))
@@ -118,13 +117,13 @@ async def _http_loop(dsn: str, url: str, batch: int, inflight: int) -> int:
     if tasks:
         await asyncio.gather(*tasks)
     await ack_task
+    await finish(done)
     await session.close()
     await claim_conn.close()
     await ack_conn.close()
-    return done
 
 
-async def _noop_loop(dsn: str, batch: int, loops: int) -> int:
+async def _noop_loop(dsn: str, batch: int, loops: int) -> None:
     conns = [await asyncpg.connect(dsn) for _ in range(loops)]
 
     async def loop(conn: asyncpg.Connection) -> int:
@@ -139,9 +138,9 @@ async def _noop_loop(dsn: str, batch: int, loops: int) -> int:
     ready()
     await go()
     counts = await asyncio.gather(*(loop(c) for c in conns))
+    await finish(sum(counts))
     for c in conns:
         await c.close()
-    return sum(counts)
 
 
 def ready() -> None:
@@ -150,9 +149,26 @@ def ready() -> None:
 
 
 async def go() -> None:
+    global _cpu0
+    await _expect("go")
+    _cpu0 = time.process_time()
+
+
+async def finish(jobs: int) -> None:
+    """Report, then hold the connections open until told to exit, so their backends' CPU can be read."""
+    result = {"jobs": jobs, "finished_at": time.time(), "cpu": time.process_time() - _cpu0}
+    sys.stdout.write(json.dumps(result) + "\n")
+    sys.stdout.flush()
+    await _expect("exit")
+
+
+async def _expect(word: str) -> None:
     line = await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
-    if line.strip() != "go":
-        raise SystemExit("expected go")
+    if line.strip() != word:
+        raise SystemExit(f"expected {word!r} on stdin, got {line!r}")
+
+
+_cpu0 = 0.0
 
 
 def worker_main(argv: list[str]) -> None:
@@ -165,23 +181,26 @@ def worker_main(argv: list[str]) -> None:
     p.add_argument("--loops", type=int, default=2)
     args = p.parse_args(argv)
 
-    async def run() -> dict[str, Any]:
-        cpu0 = time.process_time()
-        if args.mode == "http":
-            n = await _http_loop(args.dsn, args.url, args.batch, args.inflight)
-        else:
-            n = await _noop_loop(args.dsn, args.batch, args.loops)
-        return {"jobs": n, "finished_at": time.time(), "cpu": time.process_time() - cpu0}
-
-    result = uvloop.run(run())
-    sys.stdout.write(json.dumps(result) + "\n")
+    if args.mode == "http":
+        uvloop.run(_http_loop(args.dsn, args.url, args.batch, args.inflight))
+    else:
+        uvloop.run(_noop_loop(args.dsn, args.batch, args.loops))
 
 
 # ------------------------------------------------------------------------------------------ orchestrator
 
 
-async def measure(ctx: Context, dsn: str, *, n: int, mode: str, workers: int, url: str = "",
-                  extra: dict[str, int] | None = None, mock_pid: int | None = None) -> tuple[float, str]:
+async def measure(
+    ctx: Context,
+    dsn: str,
+    *,
+    n: int,
+    mode: str,
+    workers: int,
+    url: str = "",
+    extra: dict[str, int] | None = None,
+    mock_pid: int | None = None,
+) -> tuple[float, str]:
     """Fill the table with n jobs, drain it with `workers` processes; returns (jobs/s, CPU summary)."""
     conn = await asyncpg.connect(dsn)
     try:
@@ -192,8 +211,16 @@ async def measure(ctx: Context, dsn: str, *, n: int, mode: str, workers: int, ur
         opts = [f"--{k}={v}" for k, v in (extra or {}).items()]
         procs = [
             await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "bench.bare", "worker", f"--dsn={dsn}", f"--mode={mode}", f"--url={url}",
-                *opts, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                sys.executable,
+                "-m",
+                "bench.bare",
+                "worker",
+                f"--dsn={dsn}",
+                f"--mode={mode}",
+                f"--url={url}",
+                *opts,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
             )
             for _ in range(workers)
         ]
@@ -205,7 +232,7 @@ async def measure(ctx: Context, dsn: str, *, n: int, mode: str, workers: int, ur
         named: dict[str, list[int]] = {"bare workers": [p.pid for p in procs]}
         if mock_pid is not None:
             named["mock provider"] = [mock_pid]
-        meter = CpuMeter(named)
+        meter = CpuMeter(named, ctx.server.postmaster)
         meter.start()
         started = time.time()
         for p in procs:
@@ -219,6 +246,9 @@ async def measure(ctx: Context, dsn: str, *, n: int, mode: str, workers: int, ur
             results.append(json.loads(line))
         meter.stop()
         for p in procs:
+            assert p.stdin is not None
+            p.stdin.write(b"exit\n")
+            await p.stdin.drain()
             await p.wait()
         elapsed = max(r["finished_at"] for r in results) - started
         finished = await conn.fetchval("SELECT count(*) FROM bench_job WHERE status = 2")
@@ -242,23 +272,67 @@ async def run(ctx: Context) -> list[Figure]:
         url = f"http://127.0.0.1:{port}/v1/calls"
         async with ctx.server.database("bare", migrate=False) as dsn:
             say(f"bare http, 1 process, {n_http:,} jobs ...")
-            rate, cpu = await measure(ctx, dsn, n=n_http, mode="http", workers=1, url=url, mock_pid=mock.pid,
-                                      extra={"batch": 50, "inflight": 200})
+            rate, cpu = await measure(
+                ctx,
+                dsn,
+                n=n_http,
+                mode="http",
+                workers=1,
+                url=url,
+                mock_pid=mock.pid,
+                extra={"batch": 50, "inflight": 200},
+            )
             ctx.note(f"bare http w=1: {rate:,.0f} jobs/s; {cpu}")
-            figures.append(Figure("1a", "Bare ceiling, http, 1 process (claim 50, ≤200 in flight)", rate,
-                                  "jobs/s", "~5,900 jobs/s measured before on PG15", None, "1.00×"))
+            figures.append(
+                Figure(
+                    "1a",
+                    "Bare ceiling, http, 1 process (claim 50, ≤200 in flight)",
+                    rate,
+                    "jobs/s",
+                    "~5,900 jobs/s measured before on PG15",
+                    None,
+                    "1.00×",
+                )
+            )
             say(f"bare http, 2 processes, {n_http:,} jobs ...")
-            rate2, cpu = await measure(ctx, dsn, n=n_http, mode="http", workers=2, url=url, mock_pid=mock.pid,
-                                       extra={"batch": 50, "inflight": 200})
+            rate2, cpu = await measure(
+                ctx,
+                dsn,
+                n=n_http,
+                mode="http",
+                workers=2,
+                url=url,
+                mock_pid=mock.pid,
+                extra={"batch": 50, "inflight": 200},
+            )
             ctx.note(f"bare http w=2: {rate2:,.0f} jobs/s; {cpu}")
-            figures.append(Figure("1b", "Bare ceiling, http, 2 processes", rate2, "jobs/s",
-                                  "~7,200 jobs/s measured before on PG15", None, f"{rate2 / rate:.2f}×"))
+            figures.append(
+                Figure(
+                    "1b",
+                    "Bare ceiling, http, 2 processes",
+                    rate2,
+                    "jobs/s",
+                    "~7,200 jobs/s measured before on PG15",
+                    None,
+                    f"{rate2 / rate:.2f}×",
+                )
+            )
             say(f"bare noop, 1 process × 2 loops of 500, {n_noop:,} jobs ...")
-            rate3, cpu = await measure(ctx, dsn, n=n_noop, mode="noop", workers=1,
-                                       extra={"batch": 500, "loops": 2})
+            rate3, cpu = await measure(
+                ctx, dsn, n=n_noop, mode="noop", workers=1, extra={"batch": 500, "loops": 2}
+            )
             ctx.note(f"bare noop w=1: {rate3:,.0f} jobs/s; {cpu}")
-            figures.append(Figure("1c", "Bare ceiling, noop (no HTTP), 1 process", rate3, "jobs/s",
-                                  "~69,000 jobs/s measured before on PG15", None, ""))
+            figures.append(
+                Figure(
+                    "1c",
+                    "Bare ceiling, noop (no HTTP), 1 process",
+                    rate3,
+                    "jobs/s",
+                    "~69,000 jobs/s measured before on PG15",
+                    None,
+                    "",
+                )
+            )
     finally:
         mock.stop()
     return figures

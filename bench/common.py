@@ -29,7 +29,14 @@ ROOT = Path(__file__).resolve().parent.parent
 PG15_DSN = "postgresql://root@127.0.0.1:5432/test"
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 # The settings that decide what a commit costs; printed with every result so runs can be compared.
-_PG_SETTINGS = ("shared_buffers", "synchronous_commit", "fsync", "max_wal_size", "wal_level", "max_connections")
+_PG_SETTINGS = (
+    "shared_buffers",
+    "synchronous_commit",
+    "fsync",
+    "max_wal_size",
+    "wal_level",
+    "max_connections",
+)
 
 
 def say(text: str = "") -> None:
@@ -51,8 +58,11 @@ class Figure:
     ok: bool | None = None
     vs_bare: str = ""
     note: str = ""
+    shown: str = ""
 
     def measured(self) -> str:
+        if self.shown:
+            return self.shown
         if self.value is None:
             return "n/a"
         if self.unit in ("jobs/s", "attempts/s", "rows/s", "MiB"):
@@ -104,6 +114,7 @@ class Server:
     version: str = ""
     settings: dict[str, str] = field(default_factory=dict)
     embedded: db.EmbeddedPostgres | None = None
+    postmaster: int | None = None
 
     @classmethod
     async def open(cls, choice: str | None) -> Server:
@@ -116,7 +127,9 @@ class Server:
         if dsn == "embedded":
             path = Path(tempfile.mkdtemp(prefix="dialer-bench-pg-")) / "pg"
             server = await asyncio.to_thread(db.EmbeddedPostgres, path, ephemeral=True)
-            self = cls(server.dsn("postgres"), "embedded PostgreSQL (unix socket, ephemeral)", embedded=server)
+            self = cls(
+                server.dsn("postgres"), "embedded PostgreSQL (unix socket, ephemeral)", embedded=server
+            )
         else:
             host = urlsplit(dsn).hostname or "(unix socket)"
             self = cls(dsn, f"DSN {host}:{urlsplit(dsn).port or 5432}")
@@ -125,6 +138,12 @@ class Server:
             self.version = str(await conn.fetchval("SHOW server_version"))
             for name in _PG_SETTINGS:
                 self.settings[name] = str(await conn.fetchval(f"SHOW {name}"))
+            # Our backend's parent is the postmaster; its children are the server's processes (when the
+            # server runs on this machine: other Postgres servers here must not be counted).
+            backend = int(await conn.fetchval("SELECT pg_backend_pid()"))
+            parent = _ppid(backend)
+            if parent is not None and _comm(parent).startswith("postgres"):
+                self.postmaster = parent
         finally:
             await conn.close()
         return self
@@ -155,17 +174,29 @@ class Server:
             await admin.close()
 
 
-def postgres_pids() -> list[int]:
-    """Every process of this machine named postgres (the server under test shares the machine)."""
-    pids = []
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _ppid(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat[stat.rindex(")") + 2 :].split()[1])
+
+
+def server_pids(postmaster: int | None) -> list[int]:
+    """The postmaster and its children (backends, checkpointer, walwriter, ...); [] if not on this machine."""
+    if postmaster is None:
+        return []
+    pids = [postmaster]
     for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                comm = Path(f"/proc/{entry}/comm").read_text().strip()
-            except OSError:
-                continue
-            if comm.startswith("postgres"):
-                pids.append(int(entry))
+        if entry.isdigit() and _ppid(int(entry)) == postmaster:
+            pids.append(int(entry))
     return pids
 
 
@@ -204,8 +235,9 @@ def machine_cpu() -> tuple[float, float]:
 class CpuMeter:
     """CPU used by named processes, by all postgres processes and by the whole machine over an interval."""
 
-    def __init__(self, named: dict[str, Sequence[int]]) -> None:
+    def __init__(self, named: dict[str, Sequence[int]], postmaster: int | None) -> None:
         self.named = named
+        self.postmaster = postmaster
         self._start: dict[str, float] = {}
         self._pg: dict[int, float] = {}
         self._machine = (0.0, 0.0)
@@ -216,29 +248,52 @@ class CpuMeter:
     def start(self) -> None:
         self._t = time.perf_counter()
         self._start = {k: sum(cpu_seconds(p) for p in pids) for k, pids in self.named.items()}
-        self._pg = {p: cpu_seconds(p) for p in postgres_pids()}
+        self._pg = {p: cpu_seconds(p) for p in server_pids(self.postmaster)}
         self._machine = machine_cpu()
 
     def stop(self) -> dict[str, float]:
         self.elapsed = time.perf_counter() - self._t
         out = {k: sum(cpu_seconds(p) for p in pids) - self._start[k] for k, pids in self.named.items()}
         # Backends that started during the interval count from zero; ones that exited are lost (few).
-        out["postgres"] = sum(cpu_seconds(p) - self._pg.get(p, 0.0) for p in postgres_pids())
+        out["postgres"] = sum(cpu_seconds(p) - self._pg.get(p, 0.0) for p in server_pids(self.postmaster))
         busy, total = machine_cpu()
         out["machine busy"] = busy - self._machine[0]
         out["machine total"] = total - self._machine[1]
+        # Everything else: the harness itself, and anything else running on the machine meanwhile.
+        out["other"] = out["machine busy"] - sum(v for k, v in out.items() if not k.startswith("machine"))
         self.result = out
         return out
 
     def summary(self) -> str:
         r = self.result
-        shown = [f"{k} {v:.1f}s ({100 * v / self.elapsed:.0f}% of a core)" for k, v in r.items()
-                 if k not in ("machine busy", "machine total")]
+        shown = [
+            f"{k} {v:.1f}s ({100 * v / self.elapsed:.0f}% of a core)"
+            for k, v in r.items()
+            if k not in ("machine busy", "machine total")
+        ]
         idle = 100 * (1 - r["machine busy"] / r["machine total"]) if r.get("machine total") else math.nan
         return f"CPU over {self.elapsed:.1f}s: " + ", ".join(shown) + f"; machine idle {idle:.0f}%"
 
 
 # ------------------------------------------------------------------------------------------ processes
+
+
+async def wait_quiet(ctx: Context, limit: float = 0.25, patience: float = 30.0) -> str:
+    """Wait (up to `patience` s) until the machine is under `limit` busy; returns a note if it never was."""
+    deadline = time.monotonic() + patience
+    busy_share = 1.0
+    while time.monotonic() < deadline:
+        b0, t0 = machine_cpu()
+        await asyncio.sleep(1.0)
+        b1, t1 = machine_cpu()
+        busy_share = (b1 - b0) / max(t1 - t0, 1e-9)
+        if busy_share < limit:
+            return ""
+    note = (
+        f"machine was {100 * busy_share:.0f}% busy before this scenario (other processes): figures may be low"
+    )
+    ctx.note(note)
+    return note
 
 
 def free_port() -> int:
@@ -256,7 +311,11 @@ class Child:
         self.log = logs / f"{name}-{secrets.token_hex(3)}.log"
         self._out = self.log.open("wb")
         self.proc = subprocess.Popen(
-            list(args), cwd=ROOT, env={**os.environ, **(env or {})}, stdout=self._out, stderr=subprocess.STDOUT,
+            list(args),
+            cwd=ROOT,
+            env={**os.environ, **(env or {})},
+            stdout=self._out,
+            stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
         )
         self.pid = self.proc.pid

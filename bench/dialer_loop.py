@@ -33,9 +33,15 @@ SECRET = secrets.token_hex(16)
 # Calls that never end during the run and never call back: only dispatch is measured. The campaign's
 # ring timeout (300 s, the maximum) caps the simulated ring time, so no timer fires either.
 DISPATCH_SIM: dict[str, Any] = {
-    "answer_probability": 1.0, "busy_probability": 0.0, "no_answer_probability": 0.0, "failed_probability": 0.0,
-    "ring_min_seconds": 300.0, "ring_max_seconds": 300.0, "drop_callback_probability": 1.0,
-    "time_scale": 1.0, "seed": 1,
+    "answer_probability": 1.0,
+    "busy_probability": 0.0,
+    "no_answer_probability": 0.0,
+    "failed_probability": 0.0,
+    "ring_min_seconds": 300.0,
+    "ring_max_seconds": 300.0,
+    "drop_callback_probability": 1.0,
+    "time_scale": 1.0,
+    "seed": 1,
 }
 # The simulator's default outcome mix (35% answered, 15% busy, 35% no answer, 15% failed/congestion),
 # ten thousand times faster than real: a call lasts milliseconds. With max_retries 0 every outcome
@@ -56,8 +62,9 @@ SELECT (SELECT count(*) FROM dialer_number WHERE status IN ('untried', 'retry_wa
 """
 GO = """
 UPDATE dialer_campaign
-   SET status = 'running', updated_at = $1,
-       window_opens_at = $1 - interval '1 hour', window_closes_at = $1 + interval '7 days'
+   SET status = 'running', updated_at = $1::timestamptz,
+       window_opens_at = $1::timestamptz - interval '1 hour',
+       window_closes_at = $1::timestamptz + interval '7 days'
  WHERE id = ANY($2::bigint[])
 """
 
@@ -75,26 +82,53 @@ class Stack:
 
 
 @contextlib.asynccontextmanager
-async def stack(ctx: Context, dsn: str, sim_config: dict[str, Any], n_workers: int,
-                env: dict[str, str] | None = None) -> AsyncIterator[Stack]:
+async def stack(
+    ctx: Context, dsn: str, sim_config: dict[str, Any], n_workers: int, env: dict[str, str] | None = None
+) -> AsyncIterator[Stack]:
     config = {**sim_config, "api_key": API_KEY, "callback_secret": SECRET}
     path = ctx.logs / f"sim-{secrets.token_hex(3)}.json"
     path.write_bytes(orjson.dumps(config))
     sim_port = free_port()
-    sim = Child("simulator", [sys.executable, "-m", "dialer", "simulate-provider", "--host", "127.0.0.1",
-                              "--port", str(sim_port), "--config", str(path)], ctx.logs,
-                env={"DIALER_LOG_LEVEL": "WARNING"})
+    sim = Child(
+        "simulator",
+        [
+            sys.executable,
+            "-m",
+            "dialer",
+            "simulate-provider",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(sim_port),
+            "--config",
+            str(path),
+        ],
+        ctx.logs,
+        env={"DIALER_LOG_LEVEL": "WARNING"},
+    )
     workers: list[Child] = []
     try:
         sim_url = f"http://127.0.0.1:{sim_port}"
         await wait_http(sim_url + "/v1/stats", sim)
         ports = [free_port() for _ in range(n_workers)]
         for port in ports:
-            workers.append(Child("worker", [sys.executable, "-m", "dialer", "worker"], ctx.logs, env={
-                "DATABASE_URL": dsn, "DIALER_PROVIDER_URL": sim_url, "DIALER_PROVIDER_API_KEY": API_KEY,
-                "DIALER_CALLBACK_SECRET": SECRET, "DIALER_HTTP_HOST": "127.0.0.1", "DIALER_HTTP_PORT": str(port),
-                **WORKER_ENV, **(env or {}),
-            }))
+            workers.append(
+                Child(
+                    "worker",
+                    [sys.executable, "-m", "dialer", "worker"],
+                    ctx.logs,
+                    env={
+                        "DATABASE_URL": dsn,
+                        "DIALER_PROVIDER_URL": sim_url,
+                        "DIALER_PROVIDER_API_KEY": API_KEY,
+                        "DIALER_CALLBACK_SECRET": SECRET,
+                        "DIALER_HTTP_HOST": "127.0.0.1",
+                        "DIALER_HTTP_PORT": str(port),
+                        **WORKER_ENV,
+                        **(env or {}),
+                    },
+                )
+            )
         for w, port in zip(workers, ports, strict=True):
             await wait_http(f"http://127.0.0.1:{port}/readyz", w)
         yield Stack(sim, sim_url, workers, ports)
@@ -110,9 +144,17 @@ async def make_campaigns(conn: asyncpg.Connection, count: int, per_campaign: int
     now = SystemClock().now()
     ids = []
     for c in range(count):
-        row = await campaigns.create(conn, campaigns.CampaignSpec(
-            name=f"bench-{c}", max_concurrent_calls=100_000, max_calls_per_second=10_000, max_retries=0,
-            **spec), now)
+        row = await campaigns.create(
+            conn,
+            campaigns.CampaignSpec(
+                name=f"bench-{c}",
+                max_concurrent_calls=100_000,
+                max_calls_per_second=10_000,
+                max_retries=0,
+                **spec,
+            ),
+            now,
+        )
         rows = [campaigns.NumberRow(phone=phone(c, i)) for i in range(per_campaign)]
         await campaigns.enqueue(conn, row["id"], rows, now)
         ids.append(row["id"])
@@ -144,8 +186,9 @@ async def scrape(ports: Sequence[int]) -> dict[str, float]:
                     for line in (await r.text()).splitlines():
                         m = wanted.match(line)
                         if m:
-                            key = m.group(1).split("{")[0] + ("" if "{" not in m.group(1) else
-                                                              "{" + m.group(1).split("{")[1])
+                            key = m.group(1).split("{")[0] + (
+                                "" if "{" not in m.group(1) else "{" + m.group(1).split("{")[1]
+                            )
                             out[key] = out.get(key, 0.0) + float(m.group(2))
     return out
 
@@ -154,8 +197,10 @@ def describe_metrics(m: dict[str, float]) -> str:
     parts = []
     if m.get("dialer_claim_batch_size_count"):
         claims = m["dialer_claim_batch_size_count"]
-        parts.append(f"{claims:,.0f} claims, {m['dialer_claim_batch_size_sum'] / claims:.1f} attempts/claim, "
-                     f"{1000 * m['dialer_claim_seconds_sum'] / m['dialer_claim_seconds_count']:.2f} ms/claim")
+        parts.append(
+            f"{claims:,.0f} claims, {m['dialer_claim_batch_size_sum'] / claims:.1f} attempts/claim, "
+            f"{1000 * m['dialer_claim_seconds_sum'] / m['dialer_claim_seconds_count']:.2f} ms/claim"
+        )
     starts = [k for k in m if k.startswith("dialer_provider_request_seconds_count")]
     if starts:
         count = sum(m[k] for k in starts)
@@ -178,12 +223,15 @@ async def dispatch(ctx: Context, bare_http: float | None) -> list[Figure]:
             ids = await make_campaigns(conn, n_campaigns, per, ring_timeout_seconds=300)
             say(f"dispatch: {total:,} numbers over {n_campaigns} campaigns, 1 worker, calls never end ...")
             async with stack(ctx, dsn, DISPATCH_SIM, 1) as st:
-                meter = CpuMeter({"worker": [w.pid for w in st.workers], "simulator": [st.sim.pid]})
+                meter = CpuMeter(
+                    {"worker": [w.pid for w in st.workers], "simulator": [st.sim.pid]}, ctx.server.postmaster
+                )
                 meter.start()
                 started = await go(conn, ids)
                 deadline = started + 300
                 while await conn.fetchval(
-                        "SELECT count(*) FROM dialer_number WHERE status IN ('untried', 'retry_wait')"):
+                    "SELECT count(*) FROM dialer_number WHERE status IN ('untried', 'retry_wait')"
+                ):
                     _check(st, deadline)
                     await asyncio.sleep(0.25)
                 while await conn.fetchval("SELECT count(*) FROM dialer_attempt WHERE state = 'dialing'"):
@@ -199,13 +247,24 @@ async def dispatch(ctx: Context, bare_http: float | None) -> list[Figure]:
     if ringing != total:
         raise RuntimeError(f"dispatch: {ringing} of {total} attempts ringing")
     rate = total / elapsed
-    ctx.note(f"dispatch: {total:,} attempts ringing in {elapsed:.2f}s = {rate:,.0f}/s; {describe_metrics(metrics)}; "
-             f"worker peak RSS {rss:.0f} MiB")
+    ctx.note(
+        f"dispatch: {total:,} attempts ringing in {elapsed:.2f}s = {rate:,.0f}/s; {describe_metrics(metrics)}; "
+        f"worker peak RSS {rss:.0f} MiB"
+    )
     ctx.note("dispatch " + meter.summary())
     ratio = rate / bare_http if bare_http else None
-    return [Figure("2", "Dispatch rate, 1 worker (claim → start request → recorded ringing)", rate, "attempts/s",
-                   "≥ 70% of bare http (1a)", None if ratio is None else ratio >= 0.70,
-                   "" if ratio is None else f"{ratio:.2f}×", f"{total:,} numbers / {n_campaigns} campaigns")]
+    return [
+        Figure(
+            "2",
+            "Dispatch rate, 1 worker (claim → start request → recorded ringing)",
+            rate,
+            "attempts/s",
+            "≥ 70% of bare http (1a)",
+            None if ratio is None else ratio >= 0.70,
+            "" if ratio is None else f"{ratio:.2f}×",
+            f"{total:,} numbers / {n_campaigns} campaigns",
+        )
+    ]
 
 
 def _check(st: Stack, deadline: float) -> None:
@@ -229,7 +288,9 @@ async def full_loop(ctx: Context, n_workers: int, bare: float | None, profile: b
             ids = await make_campaigns(conn, n_campaigns, per)
             say(f"full loop: {total:,} numbers over {n_campaigns} campaigns, {n_workers} worker(s) ...")
             async with stack(ctx, dsn, FULL_SIM, n_workers) as st:
-                meter = CpuMeter({"workers": [w.pid for w in st.workers], "simulator": [st.sim.pid]})
+                meter = CpuMeter(
+                    {"workers": [w.pid for w in st.workers], "simulator": [st.sim.pid]}, ctx.server.postmaster
+                )
                 spy = _py_spy(ctx, st.workers[0].pid) if profile else None
                 meter.start()
                 started = await go(conn, ids)
@@ -252,36 +313,65 @@ async def full_loop(ctx: Context, n_workers: int, bare: float | None, profile: b
                 sim_stats = await _sim_stats(st.sim_url)
             row = await conn.fetchrow(
                 """SELECT count(*) FILTER (WHERE status IN ('completed', 'failed', 'dnc')) AS final,
-                          count(*) AS numbers, sum(dials) AS dials FROM dialer_number""")
+                          count(*) AS numbers, sum(dials) AS dials FROM dialer_number"""
+            )
             attempts = await conn.fetchval("SELECT count(*) FROM dialer_attempt WHERE state = 'ended'")
-            outcomes = dict(await conn.fetch("SELECT outcome, count(*) FROM dialer_attempt GROUP BY 1 ORDER BY 2 DESC"))
+            outcomes = dict(
+                await conn.fetch("SELECT outcome, count(*) FROM dialer_attempt GROUP BY 1 ORDER BY 2 DESC")
+            )
         finally:
             await conn.close()
     if row["final"] != total or attempts != total or row["dials"] != total:
-        raise RuntimeError(f"full loop: {row['final']} of {total} final, {attempts} attempts, {row['dials']} dials")
+        raise RuntimeError(
+            f"full loop: {row['final']} of {total} final, {attempts} attempts, {row['dials']} dials"
+        )
     rate = total / elapsed
     steady = _steady_rate(samples, total)
-    ctx.note(f"full loop w={n_workers}: {total:,} numbers final in {elapsed:.2f}s = {rate:,.0f} attempts/s "
-             f"(10%→90% of the run: {steady:,.0f}/s); outcomes {dict(outcomes)}")
-    ctx.note(f"full loop w={n_workers}: {describe_metrics(metrics)}; callbacks sent {sim_stats.get('callbacks_sent')}, "
-             f"failed {sim_stats.get('callbacks_failed')}, retries {sim_stats.get('callback_retries')}; "
-             f"duplicate start requests {sim_stats.get('duplicate_start_requests')}")
+    ctx.note(
+        f"full loop w={n_workers}: {total:,} numbers final in {elapsed:.2f}s = {rate:,.0f} attempts/s "
+        f"(10%→90% of the run: {steady:,.0f}/s); outcomes {dict(outcomes)}"
+    )
+    ctx.note(
+        f"full loop w={n_workers}: {describe_metrics(metrics)}; callbacks sent {sim_stats.get('callbacks_sent')}, "
+        f"failed {sim_stats.get('callbacks_failed')}, retries {sim_stats.get('callback_retries')}; "
+        f"duplicate start requests {sim_stats.get('duplicate_start_requests')}"
+    )
     ctx.note(f"full loop w={n_workers} " + meter.summary())
-    figures = [Figure(f"3{'ab'[n_workers - 1]}", f"Full loop, {n_workers} worker process{'es' * (n_workers > 1)} "
-                      "(claim → start → callback → outcome)", rate, "attempts/s", "≥ 2,000 attempts/s",
-                      rate >= 2000, f"{rate / bare:.2f}×" if bare else "",
-                      f"{total:,} numbers / {n_campaigns} campaigns, all final; steady {steady:,.0f}/s")]
-    figures.append(Figure(f"7{'ab'[n_workers - 1]}", f"Worker peak RSS (VmHWM), full loop, {n_workers} worker(s)",
-                          max(rss), "MiB", "", None, "",
-                          " / ".join(f"{r:.0f}" for r in rss) + " MiB; " + _cpu_split(meter)))
+    figures = [
+        Figure(
+            f"3{'ab'[n_workers - 1]}",
+            f"Full loop, {n_workers} worker process{'es' * (n_workers > 1)} "
+            "(claim → start → callback → outcome)",
+            rate,
+            "attempts/s",
+            "≥ 2,000 attempts/s",
+            rate >= 2000,
+            f"{rate / bare:.2f}×" if bare else "",
+            f"{total:,} numbers / {n_campaigns} campaigns, all final; steady {steady:,.0f}/s",
+        )
+    ]
+    figures.append(
+        Figure(
+            f"7{'ab'[n_workers - 1]}",
+            f"Worker peak RSS (VmHWM), full loop, {n_workers} worker(s)",
+            max(rss),
+            "MiB",
+            "",
+            None,
+            "",
+            " / ".join(f"{r:.0f}" for r in rss) + " MiB; " + _cpu_split(meter),
+        )
+    )
     return figures
 
 
 def _cpu_split(meter: CpuMeter) -> str:
     r, e = meter.result, meter.elapsed
-    return "CPU % of one core: " + ", ".join(
-        f"{k} {100 * r[k] / e:.0f}" for k in ("workers", "simulator", "postgres") if k in r
-    ) + f", machine busy {100 * r['machine busy'] / r['machine total']:.0f}% of 2 cores"
+    return (
+        "CPU % of one core: "
+        + ", ".join(f"{k} {100 * r[k] / e:.0f}" for k in ("workers", "simulator", "postgres") if k in r)
+        + f", machine busy {100 * r['machine busy'] / r['machine total']:.0f}% of 2 cores"
+    )
 
 
 def _steady_rate(samples: list[tuple[float, int]], total: int) -> float:
@@ -301,8 +391,23 @@ async def _sim_stats(url: str) -> dict[str, Any]:
 class _PySpy:
     def __init__(self, ctx: Context, pid: int) -> None:
         self.out = ctx.logs / f"py-spy-{pid}.txt"
-        self.child = Child("py-spy", ["py-spy", "record", "--pid", str(pid), "--rate", "200", "--format", "raw",
-                                      "--output", str(self.out), "--nonblocking"], ctx.logs)
+        self.child = Child(
+            "py-spy",
+            [
+                "py-spy",
+                "record",
+                "--pid",
+                str(pid),
+                "--rate",
+                "200",
+                "--format",
+                "raw",
+                "--output",
+                str(self.out),
+                "--nonblocking",
+            ],
+            ctx.logs,
+        )
 
     def stop(self) -> None:
         import signal
@@ -328,8 +433,10 @@ async def wake_latency(ctx: Context) -> list[Figure]:
         conn = await db.connect(dsn)
         try:
             ids = await make_campaigns(conn, 1, 0, ring_timeout_seconds=300)
-            say(f"enqueue→start latency: {samples} single-number inserts, {spacing * 1000:.0f} ms apart, "
-                "idle worker ...")
+            say(
+                f"enqueue→start latency: {samples} single-number inserts, {spacing * 1000:.0f} ms apart, "
+                "idle worker ..."
+            )
             async with stack(ctx, dsn, DISPATCH_SIM, 1) as st:
                 await go(conn, ids)
                 await asyncio.sleep(1.5)  # let the worker settle into its idle wait
@@ -337,7 +444,8 @@ async def wake_latency(ctx: Context) -> list[Figure]:
                 for i in range(samples):
                     number = phone(0, i)
                     await conn.execute(
-                        "INSERT INTO dialer_number (campaign_id, phone) VALUES ($1, $2)", ids[0], number)
+                        "INSERT INTO dialer_number (campaign_id, phone) VALUES ($1, $2)", ids[0], number
+                    )
                     committed[number] = time.time()
                     await asyncio.sleep(spacing)
                 received: dict[str, float] = {}
@@ -347,8 +455,12 @@ async def wake_latency(ctx: Context) -> list[Figure]:
                         async with http.get(st.sim_url + "/v1/log") as r:
                             received = {e["to"]: e["received_at_wall"] for e in await r.json() if e["to"]}
                         await asyncio.sleep(0.1)
-            claimed = {r["phone"]: r["claimed_at"].timestamp() for r in await conn.fetch(
-                "SELECT n.phone, a.claimed_at FROM dialer_attempt a JOIN dialer_number n ON n.id = a.number_id")}
+            claimed = {
+                r["phone"]: r["claimed_at"].timestamp()
+                for r in await conn.fetch(
+                    "SELECT n.phone, a.claimed_at FROM dialer_attempt a JOIN dialer_number n ON n.id = a.number_id"
+                )
+            }
         finally:
             await conn.close()
     if len(received) < samples:
@@ -356,12 +468,30 @@ async def wake_latency(ctx: Context) -> list[Figure]:
     start_ms = [1000 * (received[k] - t) for k, t in committed.items()]
     claim_ms = [1000 * (claimed[k] - t) for k, t in committed.items()]
     p50, p99 = percentile(start_ms, 50), percentile(start_ms, 99)
-    ctx.note(f"enqueue→start: p50 {p50:.2f} ms, p99 {p99:.2f} ms, max {max(start_ms):.2f} ms; "
-             f"commit→claim (attempt claimed_at) p50 {percentile(claim_ms, 50):.2f} ms, "
-             f"p99 {percentile(claim_ms, 99):.2f} ms")
+    ctx.note(
+        f"enqueue→start: p50 {p50:.2f} ms, p99 {p99:.2f} ms, max {max(start_ms):.2f} ms; "
+        f"commit→claim (attempt claimed_at) p50 {percentile(claim_ms, 50):.2f} ms, "
+        f"p99 {percentile(claim_ms, 99):.2f} ms"
+    )
     return [
-        Figure("6a", "Enqueue→start latency p50 (INSERT commit → simulator received start request)", p50, "ms",
-               "", None, "", f"{samples} samples, {spacing * 1000:.0f} ms apart, LISTEN/NOTIFY wake-up"),
-        Figure("6b", "Enqueue→start latency p99", p99, "ms", "p99 < 100 ms", p99 < 100, "",
-               f"max {max(start_ms):.1f} ms; commit→claim p99 {percentile(claim_ms, 99):.1f} ms"),
+        Figure(
+            "6a",
+            "Enqueue→start latency p50 (INSERT commit → simulator received start request)",
+            p50,
+            "ms",
+            "",
+            None,
+            "",
+            f"{samples} samples, {spacing * 1000:.0f} ms apart, LISTEN/NOTIFY wake-up",
+        ),
+        Figure(
+            "6b",
+            "Enqueue→start latency p99",
+            p99,
+            "ms",
+            "p99 < 100 ms",
+            p99 < 100,
+            "",
+            f"max {max(start_ms):.1f} ms; commit→claim p99 {percentile(claim_ms, 99):.1f} ms",
+        ),
     ]

@@ -1,6 +1,6 @@
 """The bare ceiling's provider: one aiohttp route that reads the body and answers a small JSON at once.
 
-    python -m bench.mock_provider --port 8123
+python -m bench.mock_provider --port 8123
 """
 
 from __future__ import annotations
@@ -17,7 +17,9 @@ _ids = itertools.count(1)
 
 async def start_call(request: web.Request) -> web.Response:
     await request.read()
-    return web.Response(body=b'{"call_id":"CA%d","status":"queued"}' % next(_ids), content_type="application/json")
+    return web.Response(
+        body=b'{"call_id":"CA%d","status":"queued"}' % next(_ids), content_type="application/json"
+    )
 
 
 async def ok(request: web.Request) -> web.Response:

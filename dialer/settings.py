@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -48,6 +49,7 @@ class Settings:
     # Handed to asyncpg untouched: rebuilding a DSN clobbers sslmode and multi-host options.
     database_url: str | None = field(
         default=None,
+        repr=False,  # a DSN may carry a password
         metadata={
             "env": "DATABASE_URL",
             "doc": "Postgres DSN. Unset: an embedded PostgreSQL is started in `data_dir`.",
@@ -211,10 +213,16 @@ class Settings:
                 values[f.name] = _convert(f.type, raw)
             except ValueError:
                 errors.append(f"{name}: {raw!r} is not a valid {_type_name(f.type)}")
+        values.update(overrides)
+        try:
+            settings = cls(**values)
+        except SettingsError as exc:
+            # Report unparsable and out-of-range values together: one restart fixes them all.
+            errors.extend(str(exc).splitlines()[1:])
+            errors = [e.strip() for e in errors]
         if errors:
             raise SettingsError("invalid settings:\n  " + "\n  ".join(errors))
-        values.update(overrides)
-        return cls(**values)
+        return settings
 
     def with_(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
@@ -236,7 +244,7 @@ def _convert(t: object, raw: str) -> Any:
         return int(raw)
     if t == "float":
         value = float(raw)
-        if value != value:  # NaN would slip past every range check
+        if not math.isfinite(value):  # NaN and inf slip past every range check
             raise ValueError(raw)
         return value
     if t == "Secret":

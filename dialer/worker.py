@@ -453,20 +453,22 @@ class Worker:
             return 0
         release: list[uuid.UUID] = []
         deadlines: list[tuple[uuid.UUID, dt.datetime, bool, str | None]] = []
+        grace = dt.timedelta(seconds=self.settings.reconcile_grace_seconds)
         for row in rows:
             attempt_id: uuid.UUID = row["id"]
             if attempt_id in self._inflight:
                 continue  # our own request is still running; its result will land
             provider = self.providers.get(row["provider"])
-            give_up_at = row["claimed_at"] + dt.timedelta(
-                seconds=row["max_life_seconds"] + 2 * self.settings.reconcile_grace_seconds
-            )
+            # Ring timeout and maximum duration are enforced here too, not only trusted to the
+            # provider: past them we hang up and record the outcome ourselves.
+            ring_over = row["claimed_at"] + dt.timedelta(seconds=row["ring_timeout_seconds"]) + grace
+            life_over = ring_over + dt.timedelta(seconds=row["max_call_duration_seconds"])
             try:
                 if provider is None:
                     raise ProviderUnavailable(f"no provider {row['provider']!r} configured")
                 event = await provider.lookup(str(attempt_id), row["provider_call_id"])
             except ProviderUnavailable as exc:
-                if now >= give_up_at:
+                if now >= life_over + grace:
                     # The call is long over whatever happened; record it as unknown (which
                     # consumes an attempt) rather than keep the number locked forever.
                     self._push_outcome(_failed(attempt_id, Outcome.UNKNOWN, "lookup_unavailable"))
@@ -483,19 +485,28 @@ class Worker:
             elif event.kind == "ended":
                 self._push_outcome(event)
                 metrics.RECONCILED.labels("ended").inc()
-            elif now >= give_up_at:
-                self._push_outcome(_failed(attempt_id, Outcome.UNKNOWN, "exceeded_max_duration"))
-                metrics.RECONCILED.labels("unknown").inc()
-            else:
-                # Still ringing or talking: look again after the longest it can still last.
-                deadlines.append(
-                    (
-                        attempt_id,
-                        min(give_up_at, now + dt.timedelta(seconds=self.settings.reconcile_grace_seconds)),
-                        True,
-                        event.call_id,
+            elif event.kind == "ringing" and now >= ring_over:
+                await provider.hangup(str(attempt_id), event.call_id)
+                self._push_outcome(_failed(attempt_id, Outcome.NO_ANSWER, "local_ring_timeout"))
+                metrics.RECONCILED.labels("ring_timeout").inc()
+            elif event.kind == "answered" and now >= life_over:
+                await provider.hangup(str(attempt_id), event.call_id)
+                self._push_outcome(
+                    CallEvent(
+                        attempt_id=str(attempt_id),
+                        call_id=event.call_id,
+                        kind="ended",
+                        outcome=Outcome.ANSWERED_HUMAN,
+                        answered_at=event.answered_at,
+                        raw_status="local_max_call_duration",
                     )
                 )
+                metrics.RECONCILED.labels("max_duration").inc()
+            else:
+                # Still ringing or talking: look again at the next limit, or after the grace.
+                limit = ring_over if event.kind == "ringing" else life_over
+                next_look = max(now + dt.timedelta(seconds=1), min(limit, now + grace))
+                deadlines.append((attempt_id, next_look, True, event.call_id))
                 metrics.RECONCILED.labels("still_live").inc()
         async with self.pool.acquire() as conn:
             if release:

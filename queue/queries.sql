@@ -55,8 +55,9 @@ UPDATE dialer_attempt a
            FOR UPDATE SKIP LOCKED) due
  WHERE a.id = due.id
 RETURNING a.id, a.number_id, a.campaign_id, a.provider, a.state, a.provider_call_id, a.claimed_at,
-          (SELECT c.ring_timeout_seconds + c.max_call_duration_seconds
-             FROM dialer_campaign c WHERE c.id = a.campaign_id) AS max_life_seconds;
+          (SELECT c.ring_timeout_seconds FROM dialer_campaign c WHERE c.id = a.campaign_id) AS ring_timeout_seconds,
+          (SELECT c.max_call_duration_seconds FROM dialer_campaign c WHERE c.id = a.campaign_id)
+              AS max_call_duration_seconds;
 
 -- name: set_deadline
 UPDATE dialer_attempt
@@ -137,6 +138,7 @@ INSERT INTO dialer_number (campaign_id, phone, caller_id, dtmf, priority, payloa
                            created_at, updated_at)
 SELECT $1, s.phone, s.caller_id, s.dtmf, coalesce(s.priority, 0), s.payload, $2, $2, $2
   FROM dialer_stage s
+ ORDER BY s.line  -- within one file, the first copy of a duplicate wins
 ON CONFLICT (campaign_id, phone) DO NOTHING;
 
 -- name: reopen_finished

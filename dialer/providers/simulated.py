@@ -123,6 +123,7 @@ class SimulatedProvider:
         self._limiter = AsyncLimiter(max_calls_per_second, 1.0) if max_calls_per_second > 0 else None
         self._latency_start = metrics.PROVIDER_REQUEST_SECONDS.labels(self.name, "start_call")
         self._latency_lookup = metrics.PROVIDER_REQUEST_SECONDS.labels(self.name, "lookup")
+        self._latency_hangup = metrics.PROVIDER_REQUEST_SECONDS.labels(self.name, "hangup")
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -232,6 +233,22 @@ class SimulatedProvider:
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             self._error("invalid_response")
             raise ProviderUnavailable(f"unreadable lookup: {exc}") from None
+
+    async def hangup(self, attempt_id: str, call_id: str | None) -> None:
+        started = time.perf_counter()
+        try:
+            async with self._client().post(
+                f"{self._base}/v1/calls/by-attempt/{attempt_id}/cancel", headers=self._headers
+            ) as resp:
+                await resp.read()
+                # 404: never existed; 409: already over or answered (the simulator cannot cut a
+                # talking call). Either way the outcome we record stands.
+                if resp.status not in (200, 404, 409):
+                    self._error("hangup_failed")
+        except (TimeoutError, aiohttp.ClientError):
+            self._error("hangup_failed")
+        finally:
+            self._latency_hangup.observe(time.perf_counter() - started)
 
     def parse_callback(self, headers: Mapping[str, str], body: bytes) -> CallEvent:
         signature = headers.get("X-Simulator-Signature", "")

@@ -56,7 +56,7 @@ class Stack:
 @contextlib.asynccontextmanager
 async def stack(pool: asyncpg.Pool, conn: asyncpg.Connection, **sim: Any) -> AsyncIterator[Stack]:
     simulator = Simulator(
-        SimulatorConfig(api_key="k", callback_secret=SECRET, time_scale=0.001, seed=1, **sim)
+        SimulatorConfig(**{"api_key": "k", "callback_secret": SECRET, "time_scale": 0.001, "seed": 1, **sim})
     )
     sim_url = await simulator.start()
     clock = ManualClock(dt.datetime.now(dt.UTC).replace(microsecond=0))
@@ -356,3 +356,33 @@ async def test_impossible_campaign_settings_are_refused(
     with pytest.raises(campaigns.CampaignError, match=message):
         await make_campaign(conn, **{field: value})
     assert await conn.fetchval("SELECT count(*) FROM dialer_campaign") == 0
+
+
+async def test_ring_timeout_is_enforced_locally(pool: asyncpg.Pool, conn: asyncpg.Connection) -> None:
+    """A call still ringing past ring timeout + grace is hung up by the sweeper and recorded as no answer."""
+    async with stack(
+        pool,
+        conn,
+        time_scale=1.0,
+        ring_min_seconds=120,
+        ring_max_seconds=120,
+        answer_probability=1,
+        busy_probability=0,
+        no_answer_probability=0,
+        failed_probability=0,
+    ) as st:
+        c = await make_campaign(conn, now=st.clock.now(), ring_timeout_seconds=30)
+        await add_numbers(conn, c["id"], 1, now=st.clock.now())
+        assert await claim(st) == 1
+        attempt = await conn.fetchrow("SELECT * FROM dialer_attempt")
+        st.clock.advance(30 + 5 - 1)
+        assert await st.worker.sweep() == 0  # before ring timeout + grace nothing is overdue
+        st.clock.advance(2)
+        assert await st.worker.sweep() == 1
+        row = await conn.fetchrow("SELECT state, outcome, raw_status FROM dialer_attempt")
+        assert (row["state"], row["outcome"], row["raw_status"]) == (
+            "ended",
+            "no_answer",
+            "local_ring_timeout",
+        )
+        assert st.sim.lookup(str(attempt["id"]))["status"] == "canceled"

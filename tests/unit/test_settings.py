@@ -89,11 +89,6 @@ def test_bad_value_names_the_variable(env: dict[str, str], variable: str, why: s
     assert why in line
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: _convert accepts 'inf'; every '> 0' check passes it, and the worker then crashes in "
-    "timedelta(seconds=10 * heartbeat_interval_seconds) with OverflowError",
-)
 def test_infinite_interval_is_rejected() -> None:
     """An infinite duration is as invalid as NaN: it passes every '> 0' check but no timer can use it."""
     assert "DIALER_HEARTBEAT_INTERVAL_SECONDS" in _error({"DIALER_HEARTBEAT_INTERVAL_SECONDS": "inf"})
@@ -113,11 +108,6 @@ def test_two_out_of_range_values_are_both_reported() -> None:
     assert "DIALER_DIAL_TIMEOUT_SECONDS" in message
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: from_env raises on conversion errors before __post_init__ runs, so range errors in "
-    "other variables are only reported on the next attempt",
-)
 def test_unparsable_and_out_of_range_values_are_both_reported() -> None:
     """A type error in one variable does not hide a range error in another: both are named at once."""
     message = _error({"DIALER_HTTP_PORT": "abc", "DIALER_CLAIM_BATCH_SIZE": "0"})

@@ -110,11 +110,6 @@ def test_every_query_the_code_uses_exists() -> None:
     assert missing == {}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: campaign_list is dead: `dialer campaign list` runs an inline SELECT in dialer/cli.py "
-    "instead of Q.campaign_list",
-)
 def test_every_named_query_is_used() -> None:
     """No named query in queue/queries.sql is dead code: dialer/, bench/ or tests/ uses each one."""
     used = _query_names_used("dialer", "bench", "tests")
