@@ -15,7 +15,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -235,7 +235,7 @@ def machine_cpu() -> tuple[float, float]:
 class CpuMeter:
     """CPU used by named processes, by all postgres processes and by the whole machine over an interval."""
 
-    def __init__(self, named: dict[str, Sequence[int]], postmaster: int | None) -> None:
+    def __init__(self, named: Mapping[str, Sequence[int]], postmaster: int | None) -> None:
         self.named = named
         self.postmaster = postmaster
         self._start: dict[str, float] = {}
@@ -324,7 +324,8 @@ class Child:
         return self.proc.poll() is None
 
     def tail(self, lines: int = 20) -> str:
-        self._out.flush()
+        if not self._out.closed:
+            self._out.flush()
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
 
     def stop(self, timeout: float = 30.0) -> int:

@@ -9,9 +9,15 @@ as shares of all non-idle samples.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import re
+import shutil
+import signal
+import sys
 from collections import Counter
 from pathlib import Path
+
+from bench.common import Child, Context
 
 _FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
 
@@ -50,6 +56,49 @@ def summarize(path: Path, top: int = 25, match: str = "") -> str:
     shown = [(f, n) for f, n in inclusive.most_common() if match in f][:top]
     out += [f"{100 * n / total:5.1f}  {f}" for f, n in shown]
     return "\n".join(out)
+
+
+class Profiler:
+    """py-spy on some child processes while a scenario runs; the summaries go to the run's details."""
+
+    def __init__(self, ctx: Context, targets: dict[str, int]) -> None:
+        self.ctx = ctx
+        exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+        self.spies: dict[str, tuple[Child, Path]] = {}
+        for name, pid in targets.items():
+            out = ctx.logs / f"py-spy-{name}.txt"
+            args = [
+                exe,
+                "record",
+                "--pid",
+                str(pid),
+                "--rate",
+                "100",
+                "--format",
+                "raw",
+                "--nonblocking",
+                "--output",
+                str(out),
+            ]
+            self.spies[name] = (Child(f"py-spy-{name}", args, ctx.logs), out)
+
+    def stop(self) -> None:
+        for child, _ in self.spies.values():
+            child.proc.send_signal(signal.SIGINT)
+        for name, (child, out) in self.spies.items():
+            with contextlib.suppress(Exception):
+                child.proc.wait(30)
+            child.stop()
+            if not out.exists():
+                self.ctx.note(f"py-spy {name}: no output ({child.tail(3)})")
+                continue
+            text = summarize(out, top=40)
+            (out.parent / f"{out.stem}.summary.txt").write_text(text + "\n")
+            head = [ln.strip() for ln in text.splitlines()[3:11]]
+            self.ctx.note(
+                f"py-spy {name} (full summary {out.parent / (out.stem + '.summary.txt')}), top self time: "
+                + "; ".join(head)
+            )
 
 
 def main() -> None:

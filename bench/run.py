@@ -109,13 +109,14 @@ async def main_async(args: argparse.Namespace) -> int:
             await step("bare", lambda: bare.run(ctx))
         bare_http = next((f.value for f in figures if f.number == "1a"), None)
         if "dispatch" in wanted:
-            await step("dispatch", lambda: dialer_loop.dispatch(ctx, bare_http))
+            await step("dispatch", lambda: dialer_loop.dispatch(ctx, bare_http, profile=args.profile))
         if "full" in wanted:
             for n in (1, 2):
-                await step(
-                    f"full loop w={n}",
-                    lambda n=n: dialer_loop.full_loop(ctx, n, bare_http, profile=args.profile and n == 1),
-                )
+
+                def full(n: int = n) -> Awaitable[list[Figure]]:
+                    return dialer_loop.full_loop(ctx, n, bare_http, profile=args.profile)
+
+                await step(f"full loop w={n}", full)
         if "enqueue" in wanted:
             await step("enqueue", lambda: sql_level.enqueue(ctx))
         if "claim" in wanted:

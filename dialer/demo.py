@@ -96,8 +96,8 @@ async def _demo(numbers: int, n_campaigns: int, n_workers: int, time_scale: floa
                 ring_timeout_seconds=25,
                 retry_wait_seconds=3,
                 max_retries=2,
-                max_concurrent_calls=40 + 20 * i,
-                max_calls_per_second=30 + 10 * i,
+                max_concurrent_calls=60 + 20 * i,
+                max_calls_per_second=40 + 10 * i,
                 time_zone=("America/New_York", "Europe/London", "Asia/Jerusalem")[i % 3],
             )
             row = await campaigns.create(conn, spec, now)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import logging
 import uuid
 
@@ -9,7 +10,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 import metrics
-from dialer.providers.base import CallbackError
+from dialer.providers.base import CallbackError, CallbackRequest, callback_token
 from dialer.worker import Worker
 
 log = logging.getLogger(__name__)
@@ -26,9 +27,27 @@ async def callback(request: web.Request) -> web.Response:
         raise web.HTTPNotFound(text="unknown provider")
     counter = metrics.CALLBACKS
     body = await request.read()
+    token_attempt: str | None = None
+    attempt, token = request.query.get("attempt"), request.query.get("token")
+    if attempt is not None or token is not None:
+        expected = callback_token(worker.settings.callback_secret.get().encode(), name, attempt or "")
+        if not (attempt and token and hmac.compare_digest(token, expected)):
+            counter.labels(name, "bad_signature").inc()
+            return web.json_response({"error": "bad_signature"}, status=401)
+        token_attempt = attempt
+    received = CallbackRequest(
+        # The URL the provider called, as the public base URL spells it: signatures cover it.
+        url=worker.settings.callback_base_url + request.path_qs,
+        headers=request.headers,
+        body=body,
+        query=request.query,
+        token_attempt_id=token_attempt,
+    )
     try:
-        event = provider.parse_callback(request.headers, body)
+        event = provider.parse_callback(received)
         uuid.UUID(event.attempt_id)
+        if token_attempt is not None and event.attempt_id != token_attempt:
+            raise CallbackError("bad_signature", "callback body names another attempt than its token")
     except CallbackError as exc:
         counter.labels(name, exc.reason).inc()
         status = 401 if exc.reason == "bad_signature" else 400

@@ -12,11 +12,10 @@ from collections.abc import AsyncIterator
 import asyncpg
 from aiohttp import web
 
-from dialer import db
+from dialer import db, providers
 from dialer.clock import Clock, SystemClock
 from dialer.http import make_app
 from dialer.providers.base import Provider
-from dialer.providers.simulated import SimulatedProvider
 from dialer.settings import Settings, SettingsError
 from dialer.worker import Worker
 
@@ -44,15 +43,7 @@ async def database(settings: Settings) -> AsyncIterator[str]:
 
 
 def build_providers(settings: Settings) -> dict[str, Provider]:
-    simulator = SimulatedProvider(
-        settings.provider_url,
-        settings.provider_api_key.get(),
-        settings.callback_secret.get(),
-        timeout_seconds=settings.provider_timeout_seconds,
-        max_connections=settings.max_inflight_requests,
-        max_calls_per_second=settings.provider_max_calls_per_second,
-    )
-    return {simulator.name: simulator}
+    return providers.build(settings)
 
 
 async def run_worker(
@@ -69,8 +60,8 @@ async def run_worker(
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
     pool = await db.create_pool(dsn, size=settings.db_pool_size)
-    providers = build_providers(settings)
-    worker = Worker(settings, pool, providers, clock or SystemClock())
+    accounts = build_providers(settings)
+    worker = Worker(settings, pool, accounts, clock or SystemClock())
     runner = web.AppRunner(make_app(worker), access_log=None, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, settings.http_host, settings.http_port, shutdown_timeout=1.0)
@@ -80,7 +71,7 @@ async def run_worker(
         await worker.run(stop, close_http=runner.cleanup)
     finally:
         await runner.cleanup()
-        for provider in providers.values():
+        for provider in accounts.values():
             await provider.close()
         await pool.close()
     log.info("worker %s stopped", worker.id)

@@ -99,6 +99,22 @@ class Settings:
             "doc": "Per-account start-request rate limit of this process (0 = none; campaign pacing still applies)."
         },
     )
+    providers: str = field(
+        default="",
+        metadata={
+            "doc": "Provider accounts as a JSON list (see README, Providers). Unset: one simulator account."
+        },
+    )
+    providers_file: str = field(
+        default="",
+        metadata={"doc": "Path of a JSON file with the provider accounts (instead of DIALER_PROVIDERS)."},
+    )
+    circuit_failure_threshold: int = field(
+        default=5, metadata={"doc": "Consecutive start failures that open a provider account's circuit."}
+    )
+    circuit_cooldown_seconds: float = field(
+        default=30.0, metadata={"doc": "How long an open circuit waits before one probe claim."}
+    )
     max_inflight_requests: int = field(
         default=200,
         metadata={
@@ -180,6 +196,8 @@ class Settings:
         need(self.heartbeat_interval_seconds > 0, "heartbeat_interval_seconds", "must be > 0")
         need(self.maintenance_interval_seconds > 0, "maintenance_interval_seconds", "must be > 0")
         need(self.stats_interval_seconds > 0, "stats_interval_seconds", "must be > 0")
+        need(self.circuit_failure_threshold >= 1, "circuit_failure_threshold", "must be >= 1")
+        need(self.circuit_cooldown_seconds > 0, "circuit_cooldown_seconds", "must be > 0")
         need(self.metrics_max_campaigns >= 1, "metrics_max_campaigns", "must be >= 1")
         need(
             self.log_level.upper() in {"DEBUG", "INFO", "WARNING", "ERROR"},

@@ -21,8 +21,16 @@ from typing import Any, TypeAlias
 import asyncpg
 
 import metrics
+from dialer.breaker import CircuitBreaker
 from dialer.clock import Clock
-from dialer.providers.base import CallEvent, Provider, ProviderUnavailable, StartError, StartRequest
+from dialer.providers.base import (
+    CallEvent,
+    Provider,
+    ProviderUnavailable,
+    StartError,
+    StartRequest,
+    callback_token,
+)
 from dialer.settings import Settings
 from dialer.sql import Q
 from scheduler.hours import BusinessHours, HoursError
@@ -52,9 +60,10 @@ class _Buffers:
     )
     outcomes: list[_Outcome] = field(default_factory=list)
     release: list[uuid.UUID] = field(default_factory=list)
+    pauses: dict[str, str] = field(default_factory=dict)  # provider account → reason
 
     def __bool__(self) -> bool:
-        return bool(self.accepted or self.answered or self.outcomes or self.release)
+        return bool(self.accepted or self.answered or self.outcomes or self.release or self.pauses)
 
 
 class Worker:
@@ -84,7 +93,16 @@ class Worker:
         self._slots_free = asyncio.Event()
         self._flush_lock = asyncio.Lock()
         self._listener: Conn | None = None
-        self._callback_url = settings.callback_base_url + "/callbacks/{provider}"
+        self._callback_base = settings.callback_base_url + "/callbacks/"
+        self._token_secret = settings.callback_secret.get().encode()
+        self.breakers = {
+            name: CircuitBreaker(
+                name,
+                threshold=settings.circuit_failure_threshold,
+                cooldown_seconds=settings.circuit_cooldown_seconds,
+            )
+            for name in providers
+        }
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -208,9 +226,12 @@ class Worker:
 
     async def claim_and_dial(self, limit: int) -> int:
         now = self.clock.now()
+        skip = [name for name, breaker in self.breakers.items() if not breaker.admits(now)]
+        if any(b.probing for b in self.breakers.values()):
+            limit = 1  # a half-open circuit is probed with a single call, not a batch
         started = time.perf_counter()
         async with self.pool.acquire() as conn:
-            rows = await conn.fetch(Q.claim, self.id, limit, now, self.settings.dial_timeout_seconds)
+            rows = await conn.fetch(Q.claim, self.id, limit, now, self.settings.dial_timeout_seconds, skip)
         metrics.CLAIM_SECONDS.observe(time.perf_counter() - started)
         metrics.CLAIM_BATCH.observe(len(rows))
         for row in rows:
@@ -226,27 +247,31 @@ class Worker:
         try:
             provider = self.providers.get(provider_name)
             if provider is None:
-                self._push_outcome(
-                    _failed(attempt_id, Outcome.ACCOUNT_ERROR, f"no provider {provider_name!r}")
-                )
+                reason = f"provider account {provider_name!r} is not configured in this deployment"
+                self._buffers.pauses[provider_name] = reason
+                self._push_outcome(_failed(attempt_id, Outcome.ACCOUNT_ERROR, "unknown_provider"))
                 return
+            id_text = str(attempt_id)
+            token = callback_token(self._token_secret, provider_name, id_text)
             request = StartRequest(
-                attempt_id=str(attempt_id),
+                attempt_id=id_text,
                 phone=row["phone"],
                 caller_id=row["caller_id"],
                 dtmf=row["dtmf"],
                 ring_timeout_seconds=row["ring_timeout_seconds"],
-                callback_url=self._callback_url.format(provider=provider_name),
+                callback_url=f"{self._callback_base}{provider_name}?attempt={id_text}&token={token}",
                 campaign=row["campaign"],
             )
             await provider.throttle()
             self._sent.add(attempt_id)
             metrics.ATTEMPTS_STARTED.labels(campaign).inc()
+            breaker = self.breakers[provider_name]
             try:
                 accepted = await provider.start_call(request)
             except StartError as exc:
-                self._start_failed(attempt_id, exc)
+                self._start_failed(attempt_id, provider_name, exc)
                 return
+            breaker.success()
             deadline = self.clock.now() + dt.timedelta(
                 seconds=row["ring_timeout_seconds"] + self.settings.reconcile_grace_seconds
             )
@@ -262,7 +287,15 @@ class Worker:
             metrics.INFLIGHT_REQUESTS.set(len(self._inflight))
             self._slots_free.set()
 
-    def _start_failed(self, attempt_id: uuid.UUID, exc: StartError) -> None:
+    def _start_failed(self, attempt_id: uuid.UUID, provider: str, exc: StartError) -> None:
+        breaker = self.breakers[provider]
+        if exc.outcome is Outcome.ACCOUNT_ERROR:
+            breaker.failure(str(exc), self.clock.now(), trip=True)
+            self._buffers.pauses[provider] = f"provider account error: {exc}"
+        elif exc.kind in ("not_sent", "ambiguous"):
+            breaker.failure(str(exc), self.clock.now())
+        elif exc.kind == "rejected":
+            breaker.success()  # the provider is up and answering; the number was the problem
         if exc.kind == "ambiguous":
             # The provider may have the call. Leave the attempt live and let the sweeper look it up
             # by its idempotency key soon; a blind redial could ring a person twice.
@@ -329,6 +362,10 @@ class Worker:
                     )
                 if buffers.outcomes:
                     await self._record(conn, buffers.outcomes, now)
+                for provider, reason in buffers.pauses.items():
+                    for row in await conn.fetch(Q.pause_provider_campaigns, provider, reason, now):
+                        metrics.CAMPAIGNS_PAUSED.labels(provider).inc()
+                        log.error("paused campaign %s: %s", row["name"], reason)
         except BaseException as exc:
             for o in buffers.outcomes:
                 if o.future is not None and not o.future.done():
@@ -341,6 +378,7 @@ class Worker:
                 # callback whose write failed was answered 5xx, so the provider redelivers it.
                 self._buffers.accepted.extend(buffers.accepted)
                 self._buffers.release.extend(buffers.release)
+                self._buffers.pauses.update(buffers.pauses)
                 log.warning("flush failed, will retry: %s", exc)
                 return
             raise

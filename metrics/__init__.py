@@ -82,6 +82,24 @@ CLAIM_BATCH = Histogram(
     buckets=(0, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000),
     registry=REGISTRY,
 )
+CIRCUIT_OPEN = Gauge(
+    "dialer_circuit_open",
+    "1 while this worker's circuit breaker for a provider account is open or half-open.",
+    ["provider"],
+    registry=REGISTRY,
+)
+CIRCUIT_TRANSITIONS = Counter(
+    "dialer_circuit_transitions",
+    "Circuit breaker state changes, by new state.",
+    ["provider", "state"],
+    registry=REGISTRY,
+)
+CAMPAIGNS_PAUSED = Counter(
+    "dialer_campaigns_auto_paused",
+    "Campaigns paused by the worker because their provider account refused us (credentials, funds, caller id).",
+    ["provider"],
+    registry=REGISTRY,
+)
 INFLIGHT_REQUESTS = Gauge(
     "dialer_inflight_requests", "Start requests in flight in this worker.", registry=REGISTRY
 )

@@ -2,7 +2,7 @@
 -- the worker's Clock is the only source of "now", so tests move time instead of sleeping.
 
 -- name: claim
-SELECT * FROM dialer_claim($1::uuid, $2::integer, $3::timestamptz, $4::integer);
+SELECT * FROM dialer_claim($1::uuid, $2::integer, $3::timestamptz, $4::integer, $5::text[]);
 
 -- name: mark_accepted
 -- The provider took the start request. A callback may already have ended the attempt (the
@@ -167,3 +167,12 @@ SELECT c.id, c.name, c.status, c.max_concurrent_calls, c.max_calls_per_second,
 
 -- name: workers_live
 SELECT count(*) FROM dialer_worker WHERE heartbeat_at >= $1::timestamptz;
+
+-- name: pause_provider_campaigns
+-- An account error (bad credentials, no funds, unverified caller id) will not heal by redialing:
+-- pause every running campaign on that account, with the reason, instead of burning numbers.
+UPDATE dialer_campaign
+   SET status = 'paused', status_reason = $2, updated_at = $3::timestamptz,
+       window_opens_at = NULL, window_closes_at = NULL
+ WHERE provider = $1 AND status = 'running'
+RETURNING name;

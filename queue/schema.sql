@@ -1,3 +1,7 @@
+-- The whole schema as it stands after every migration in migrations/ (a test replays them and
+-- compares catalogs). Read this file to learn the queue; change it only together with a new
+-- numbered migration.
+--
 -- The dialer queue. Postgres is the single source of truth: every pod is stateless, and every
 -- invariant that a transaction can enforce is enforced here rather than in worker memory.
 
@@ -138,7 +142,8 @@ CREATE TRIGGER dialer_number_notify AFTER INSERT ON dialer_number
 -- so the counts below, taken after the lock is granted, see every attempt that the previous
 -- holder committed. Counting inside a single SQL statement would use a snapshot taken before the
 -- lock wait and could overshoot the caps.
-CREATE FUNCTION dialer_claim(p_worker uuid, p_limit integer, p_now timestamptz, p_dial_timeout_seconds integer)
+CREATE FUNCTION dialer_claim(p_worker uuid, p_limit integer, p_now timestamptz, p_dial_timeout_seconds integer,
+                             p_skip_providers text[])
 RETURNS TABLE (
     attempt_id           uuid,
     number_id            bigint,
@@ -165,6 +170,8 @@ BEGIN
         SELECT cp.*
           FROM dialer_campaign cp
          WHERE cp.status = 'running'
+           -- Accounts whose circuit is open in this worker: their numbers stay queued.
+           AND cp.provider <> ALL (p_skip_providers)
            AND (cp.starts_at IS NULL OR cp.starts_at <= p_now)
            AND (cp.ends_at IS NULL OR cp.ends_at > p_now)
            AND cp.window_opens_at <= p_now AND p_now < cp.window_closes_at
@@ -224,6 +231,25 @@ BEGIN
         END IF;
     END LOOP;
 END;
+$$;
+
+CREATE OR REPLACE FUNCTION dialer_claim(p_worker uuid, p_limit integer, p_now timestamptz,
+                                        p_dial_timeout_seconds integer)
+RETURNS TABLE (
+    attempt_id           uuid,
+    number_id            bigint,
+    campaign_id          bigint,
+    campaign             text,
+    attempt_no           integer,
+    phone                text,
+    caller_id            text,
+    dtmf                 text,
+    ring_timeout_seconds integer,
+    provider             text,
+    payload              jsonb
+)
+LANGUAGE sql AS $$
+    SELECT * FROM dialer_claim(p_worker, p_limit, p_now, p_dial_timeout_seconds, '{}'::text[]);
 $$;
 
 -- Outcomes are applied in batches (one statement per flush, not one per call). Forward only: an

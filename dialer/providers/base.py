@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
+import hmac
 from collections.abc import Mapping
 from dataclasses import dataclass
+from hashlib import sha256
 from typing import Literal, Protocol
 
 from scheduler.outcomes import Outcome
@@ -63,6 +65,19 @@ class CallbackError(Exception):
 
 
 @dataclass(frozen=True, slots=True)
+class CallbackRequest:
+    """A provider callback as received, for the adapter to authenticate and parse."""
+
+    url: str  # the public URL the provider called (signatures such as Twilio's cover it)
+    headers: Mapping[str, str]
+    body: bytes
+    query: Mapping[str, str]
+    # Our own per-attempt token (`?attempt=…&token=…` on every callback URL we hand out), already
+    # checked by the HTTP layer: adapters for providers that sign nothing require it.
+    token_attempt_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class CallEvent:
     """A call's state as the provider reports it, by callback or lookup, already normalized."""
 
@@ -98,6 +113,11 @@ class Provider(Protocol):
         Best effort: a call that already ended is not an error."""
         ...
 
-    def parse_callback(self, headers: Mapping[str, str], body: bytes) -> CallEvent: ...
+    def parse_callback(self, request: CallbackRequest) -> CallEvent: ...
 
     async def close(self) -> None: ...
+
+
+def callback_token(secret: bytes, provider: str, attempt_id: str) -> str:
+    """The unguessable per-attempt token we put on callback URLs (for providers that sign nothing)."""
+    return hmac.new(secret, f"{provider}:{attempt_id}".encode(), sha256).hexdigest()[:32]

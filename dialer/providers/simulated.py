@@ -8,7 +8,7 @@ import hmac
 import time
 from collections.abc import Mapping
 from hashlib import sha256
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import orjson
@@ -18,12 +18,17 @@ import metrics
 from dialer.providers.base import (
     Accepted,
     CallbackError,
+    CallbackRequest,
     CallEvent,
     ProviderUnavailable,
     StartError,
     StartRequest,
 )
 from scheduler.outcomes import Outcome, from_q850, from_sip
+
+if TYPE_CHECKING:
+    from dialer.providers import ProviderAccount
+    from dialer.settings import Settings
 
 _FINAL = {"completed", "busy", "no-answer", "failed", "canceled"}
 
@@ -101,8 +106,6 @@ def event_from_record(data: Mapping[str, Any]) -> CallEvent:
 
 
 class SimulatedProvider:
-    name = "simulator"
-
     def __init__(
         self,
         base_url: str,
@@ -112,7 +115,9 @@ class SimulatedProvider:
         timeout_seconds: float = 10.0,
         max_connections: int = 200,
         max_calls_per_second: float = 0.0,
+        name: str = "simulator",
     ) -> None:
+        self.name = name
         self._base = base_url.rstrip("/")
         self._headers = {"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"}
         self._secret = callback_secret.encode()
@@ -250,8 +255,9 @@ class SimulatedProvider:
         finally:
             self._latency_hangup.observe(time.perf_counter() - started)
 
-    def parse_callback(self, headers: Mapping[str, str], body: bytes) -> CallEvent:
-        signature = headers.get("X-Simulator-Signature", "")
+    def parse_callback(self, request: CallbackRequest) -> CallEvent:
+        body = request.body
+        signature = request.headers.get("X-Simulator-Signature", "")
         expected = hmac.new(self._secret, body, sha256).hexdigest()
         if not hmac.compare_digest(signature.encode(), expected.encode()):
             raise CallbackError("bad_signature", "callback signature does not match")
@@ -284,3 +290,15 @@ def _not_processed(payload: bytes) -> bool:
         return orjson.loads(payload)["error"].get("processed") is False
     except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
         return False
+
+
+def from_account(account: ProviderAccount, settings: Settings) -> SimulatedProvider:
+    return SimulatedProvider(
+        account.base_url,
+        account.secret("api_key"),
+        account.secret("callback_secret"),
+        timeout_seconds=account.timeout_seconds,
+        max_connections=settings.max_inflight_requests,
+        max_calls_per_second=account.max_calls_per_second,
+        name=account.name,
+    )

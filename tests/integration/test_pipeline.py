@@ -54,7 +54,9 @@ class Stack:
 
 
 @contextlib.asynccontextmanager
-async def stack(pool: asyncpg.Pool, conn: asyncpg.Connection, **sim: Any) -> AsyncIterator[Stack]:
+async def stack(
+    pool: asyncpg.Pool, conn: asyncpg.Connection, api_key: str = "k", **sim: Any
+) -> AsyncIterator[Stack]:
     simulator = Simulator(
         SimulatorConfig(**{"api_key": "k", "callback_secret": SECRET, "time_scale": 0.001, "seed": 1, **sim})
     )
@@ -69,15 +71,17 @@ async def stack(pool: asyncpg.Pool, conn: asyncpg.Connection, **sim: Any) -> Asy
         requeue_backoff_seconds=30,
         provider_timeout_seconds=2,
         dial_timeout_seconds=5,
+        circuit_failure_threshold=2,
+        circuit_cooldown_seconds=30,
     )
-    provider = SimulatedProvider(sim_url, "k", SECRET, timeout_seconds=2)
+    provider = SimulatedProvider(sim_url, api_key, SECRET, timeout_seconds=2)
     worker = Worker(settings, pool, {"simulator": provider}, clock)
     runner = web.AppRunner(make_app(worker))
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     port = runner.addresses[0][1]
-    worker._callback_url = f"http://127.0.0.1:{port}/callbacks/{{provider}}"
+    worker._callback_base = f"http://127.0.0.1:{port}/callbacks/"
     flusher = asyncio.create_task(worker._flusher())
     try:
         yield Stack(worker, simulator, clock, conn, f"http://127.0.0.1:{port}/callbacks/simulator")
@@ -386,3 +390,51 @@ async def test_ring_timeout_is_enforced_locally(pool: asyncpg.Pool, conn: asyncp
             "local_ring_timeout",
         )
         assert st.sim.lookup(str(attempt["id"]))["status"] == "canceled"
+
+
+async def test_account_error_pauses_the_campaign_without_burning_numbers(
+    pool: asyncpg.Pool, conn: asyncpg.Connection
+) -> None:
+    """Bad credentials pause every campaign on the account with a visible reason; no attempt is consumed."""
+    async with stack(pool, conn, api_key="wrong") as st:
+        c = await make_campaign(conn, now=st.clock.now())
+        await add_numbers(conn, c["id"], 3, now=st.clock.now())
+        assert await claim(st) == 3
+        camp = await campaigns.get(conn, "c1")
+        assert camp["status"] == "paused"
+        assert "account error" in camp["status_reason"]
+        rows = await conn.fetch("SELECT status, attempts FROM dialer_number")
+        assert all(r["status"] == "retry_wait" and r["attempts"] == 0 for r in rows)
+        assert st.worker.breakers["simulator"].state == "open"
+
+
+async def test_open_circuit_keeps_numbers_queued_then_probes(
+    pool: asyncpg.Pool, conn: asyncpg.Connection
+) -> None:
+    """After consecutive provider failures the claim skips the account; after the cooldown one probe goes out."""
+    async with stack(pool, conn, error_5xx_probability=1) as st:
+        c = await make_campaign(conn, now=st.clock.now())
+        await add_numbers(conn, c["id"], 2, now=st.clock.now())
+        assert await claim(st) == 2  # both fail (503): the circuit opens
+        assert st.worker.breakers["simulator"].state == "open"
+        await add_numbers(conn, c["id"], 5, now=st.clock.now(), offset=100)
+        st.clock.advance(29)
+        assert await claim(st) == 0
+        assert await conn.fetchval("SELECT count(*) FROM dialer_number WHERE status = 'untried'") == 5
+        st.clock.advance(1)
+        assert await claim(st) == 1  # the half-open probe, a single call
+        assert st.worker.breakers["simulator"].state == "open"  # it failed too
+
+
+async def test_forged_callback_token_is_rejected(pool: asyncpg.Pool, conn: asyncpg.Connection) -> None:
+    """A callback URL whose per-attempt token does not match is refused before the body is read as an outcome."""
+    async with stack(pool, conn, drop_callback_probability=1) as st:
+        c = await make_campaign(conn, now=st.clock.now())
+        await add_numbers(conn, c["id"], 1, now=st.clock.now())
+        assert await claim(st) == 1
+        attempt = await conn.fetchrow("SELECT * FROM dialer_attempt")
+        body = orjson.dumps({"attempt_id": str(attempt["id"]), "status": "busy", "cause_code": 17})
+        url = st.callback_url
+        st.callback_url = f"{url}?attempt={attempt['id']}&token={'0' * 32}"
+        assert (await st.post_callback(body))[0] == 401
+        assert (await conn.fetchrow("SELECT state FROM dialer_attempt"))["state"] == "ringing"
