@@ -25,6 +25,7 @@ from dialer.breaker import CircuitBreaker
 from dialer.clock import Clock
 from dialer.providers.base import (
     CallEvent,
+    LookupRequest,
     Provider,
     ProviderUnavailable,
     StartError,
@@ -458,10 +459,24 @@ class Worker:
     async def maintain(self) -> None:
         await self.refresh_windows()
         await self.sweep()
+        await self.poll_providers()
         now = self.clock.now()
         async with self.pool.acquire() as conn:
             for row in await conn.fetch(Q.finish_campaigns, now):
                 log.info("campaign %s finished", row["name"])
+
+    async def poll_providers(self) -> None:
+        """Apply outcomes that pull-model providers report when asked rather than by callback."""
+        for provider in self.providers.values():
+            try:
+                events = await provider.poll_events()
+            except ProviderUnavailable as exc:
+                log.warning("polling %s failed: %s", provider.name, exc)
+                continue
+            for event in events:
+                if event.kind == "ended":
+                    self._push_outcome(event)
+        await self.flush()
 
     async def refresh_windows(self) -> None:
         """Compute the business-hours window of running campaigns whose window is unset or over."""
@@ -504,7 +519,9 @@ class Worker:
             try:
                 if provider is None:
                     raise ProviderUnavailable(f"no provider {row['provider']!r} configured")
-                event = await provider.lookup(str(attempt_id), row["provider_call_id"])
+                event = await provider.lookup(
+                    LookupRequest(str(attempt_id), row["provider_call_id"], row["phone"], row["claimed_at"])
+                )
             except ProviderUnavailable as exc:
                 if now >= life_over + grace:
                     # The call is long over whatever happened; record it as unknown (which

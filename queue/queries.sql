@@ -55,6 +55,7 @@ UPDATE dialer_attempt a
            FOR UPDATE SKIP LOCKED) due
  WHERE a.id = due.id
 RETURNING a.id, a.number_id, a.campaign_id, a.provider, a.state, a.provider_call_id, a.claimed_at,
+          (SELECT n.phone FROM dialer_number n WHERE n.id = a.number_id) AS phone,
           (SELECT c.ring_timeout_seconds FROM dialer_campaign c WHERE c.id = a.campaign_id) AS ring_timeout_seconds,
           (SELECT c.max_call_duration_seconds FROM dialer_campaign c WHERE c.id = a.campaign_id)
               AS max_call_duration_seconds;

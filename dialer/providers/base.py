@@ -24,6 +24,16 @@ class StartRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class LookupRequest:
+    """What reconciliation knows of an attempt: providers look calls up by different keys."""
+
+    attempt_id: str
+    call_id: str | None  # None when the start request's answer never arrived
+    phone: str
+    claimed_at: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
 class Accepted:
     call_id: str
 
@@ -104,7 +114,7 @@ class Provider(Protocol):
 
     async def start_call(self, request: StartRequest) -> Accepted: ...
 
-    async def lookup(self, attempt_id: str, call_id: str | None) -> CallEvent | None:
+    async def lookup(self, request: LookupRequest) -> CallEvent | None:
         """The call as the provider knows it, or None when it never received the start request."""
         ...
 
@@ -114,6 +124,11 @@ class Provider(Protocol):
         ...
 
     def parse_callback(self, request: CallbackRequest) -> CallEvent: ...
+
+    async def poll_events(self) -> list[CallEvent]:
+        """Outcomes of providers that report by being polled rather than by callback (Upcall);
+        called on every maintenance tick. Callback-driven adapters return []."""
+        ...
 
     async def close(self) -> None: ...
 

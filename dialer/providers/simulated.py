@@ -20,6 +20,7 @@ from dialer.providers.base import (
     CallbackError,
     CallbackRequest,
     CallEvent,
+    LookupRequest,
     ProviderUnavailable,
     StartError,
     StartRequest,
@@ -215,7 +216,8 @@ class SimulatedProvider:
             raw_status=str(status),
         )
 
-    async def lookup(self, attempt_id: str, call_id: str | None) -> CallEvent | None:
+    async def lookup(self, request: LookupRequest) -> CallEvent | None:
+        attempt_id = request.attempt_id
         started = time.perf_counter()
         try:
             async with self._client().get(
@@ -268,6 +270,9 @@ class SimulatedProvider:
             return event_from_record(data)
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise CallbackError("malformed", f"malformed callback: {exc}") from None
+
+    async def poll_events(self) -> list[CallEvent]:
+        return []
 
     async def close(self) -> None:
         if self._session is not None:
