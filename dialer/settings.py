@@ -122,6 +122,9 @@ class Settings:
         },
     )
     claim_batch_size: int = field(default=100, metadata={"doc": "Most attempts one claim statement takes."})
+    claim_concurrency: int = field(
+        default=2, metadata={"doc": "Claim loops per worker (overlaps a claim's round trip with sending)."}
+    )
     poll_interval_seconds: float = field(
         default=1.0,
         metadata={"doc": "Fallback poll when idle; LISTEN/NOTIFY wakes workers at once on new work."},
@@ -181,6 +184,7 @@ class Settings:
             "max_inflight_requests",
             "must be between 1 and 100000",
         )
+        need(1 <= self.claim_concurrency <= 16, "claim_concurrency", "must be between 1 and 16")
         need(1 <= self.claim_batch_size <= 10_000, "claim_batch_size", "must be between 1 and 10000")
         need(self.poll_interval_seconds > 0, "poll_interval_seconds", "must be > 0")
         need(self.rate_poll_interval_seconds > 0, "rate_poll_interval_seconds", "must be > 0")

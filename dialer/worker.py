@@ -86,6 +86,7 @@ class Worker:
         self.draining = False
         self.ready = False
         self._stopping = False
+        self._reserved = 0
         self._wake = asyncio.Event()
         self._flush_now = asyncio.Event()
         self._buffers = _Buffers()
@@ -203,20 +204,35 @@ class Worker:
     # ---------------------------------------------------------------- claiming and dialing
 
     async def _claim_loop(self) -> None:
+        # Several claim loops overlap one claim's database round trip with the previous batch's
+        # sends. Slots are reserved before claiming so together they never exceed the in-flight cap.
+        loops = [asyncio.create_task(self._claim_one_loop()) for _ in range(self.settings.claim_concurrency)]
+        try:
+            await asyncio.gather(*loops)
+        finally:
+            for task in loops:
+                task.cancel()
+            await asyncio.gather(*loops, return_exceptions=True)
+
+    async def _claim_one_loop(self) -> None:
         s = self.settings
         while not self._stopping:
-            free = s.max_inflight_requests - len(self._inflight)
+            free = s.max_inflight_requests - len(self._inflight) - self._reserved
             if free <= 0:
                 self._slots_free.clear()
                 await self._slots_free.wait()
                 continue
+            want = min(free, s.claim_batch_size)
             self._wake.clear()
+            self._reserved += want
             try:
-                got = await self.claim_and_dial(min(free, s.claim_batch_size))
+                got = await self.claim_and_dial(want)
             except (asyncpg.PostgresConnectionError, OSError) as exc:
                 log.warning("claim failed, retrying: %s", exc)
                 got = 0
-            if got >= min(free, s.claim_batch_size):
+            finally:
+                self._reserved -= want
+            if got >= want:
                 await asyncio.sleep(0)  # more may be due right away; let sends and callbacks run
                 continue
             # Short poll while due work may be held back only by a per-second cap (it frees up
