@@ -1,8 +1,10 @@
-"""A stand-in for a telephony provider's start-call API (dialect "simulator").
+"""A stand-in for telephony providers' call APIs, in one or more provider dialects.
 
 It is the far side of the provider edge for the demo, the integration tests and the benchmark, so it
 keeps its own books (every start request, live calls per campaign, starts per second) and the tests can
 check the dialer's invariants from the provider's side rather than trusting the dialer's own counters.
+The call state machine knows no HTTP: dialects (dialer/simdialects) own the wire formats, so every
+provider's simulation gets the same outcomes, faults and books.
 """
 
 from __future__ import annotations
@@ -15,19 +17,32 @@ import hashlib
 import hmac
 import math
 import random
-import re
 import sys
 import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Any, Final, cast
+from typing import Any, Final, Literal, cast
 
 import aiohttp
 import orjson
 from aiohttp import web
+
+from dialer import simdialects
+
+# Re-exported: these lived here before dialects had a package of their own.
+from dialer.simdialects import E164 as E164
+from dialer.simdialects import MAX_ATTEMPT_ID_LENGTH as MAX_ATTEMPT_ID_LENGTH
+from dialer.simdialects import (
+    Admission,
+    Callback,
+    CallView,
+    Dialect,
+    RejectReason,
+    StartSpec,
+    iso_utc,
+)
 
 __all__ = [
     "SIMULATOR_STATE",
@@ -43,8 +58,6 @@ __all__ = [
 OUTCOMES: Final[frozenset[str]] = frozenset({"answered", "busy", "no-answer", "failed", "congestion"})
 FINAL_STATUSES: Final[frozenset[str]] = frozenset({"completed", "busy", "no-answer", "failed", "canceled"})
 
-E164 = re.compile(r"^\+[1-9]\d{6,14}$")
-MAX_ATTEMPT_ID_LENGTH = 64
 SIGNATURE_HEADER = "X-Simulator-Signature"
 TIMESTAMP_HEADER = "X-Simulator-Timestamp"
 # Stands for "no metadata.campaign" in the per-campaign maps: JSON object keys cannot be null.
@@ -132,6 +145,11 @@ class SimulatorConfig:
     callback_max_connections: int = 256
     log_max_entries: int = 2_000_000
 
+    # Provider dialects to mount, each at its provider's real paths; "native" serves /v1/calls.
+    dialects: list[str] = field(default_factory=lambda: ["native"])
+    # Per-dialect settings such as credentials: {"twilio": {"account_sid": ..., "auth_token": ...}}.
+    dialect_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             if f.name.endswith("_probability"):
@@ -162,6 +180,17 @@ class SimulatorConfig:
             bad = sorted(v for v in forced.values() if v not in OUTCOMES)
             if bad:
                 raise ValueError(f"{name} has unknown outcomes {bad}; known: {sorted(OUTCOMES)}")
+        # A bare string would otherwise be read as a list of one-letter dialect names.
+        if isinstance(self.dialects, str) or not self.dialects:
+            raise ValueError("dialects must be a non-empty list of dialect names")
+        self.dialects = list(self.dialects)
+        if len(set(self.dialects)) != len(self.dialects):
+            raise ValueError(f"dialects lists a dialect twice: {self.dialects}")
+        for dialect in self.dialects:
+            simdialects.resolve(dialect)
+        unmounted = sorted(set(self.dialect_options) - set(self.dialects))
+        if unmounted:
+            raise ValueError(f"dialect_options for dialects not in dialects: {unmounted}")
 
     def outcome_weights(self) -> tuple[float, float, float, float]:
         """Cumulative answer/busy/no-answer/failed weights (need not sum to 1)."""
@@ -193,8 +222,10 @@ class _Call:
         "campaign",
         "cause_code",
         "delivery",
+        "dialect",
         "duration_seconds",
         "ended_wall",
+        "extra",
         "faults",
         "from_",
         "outcome",
@@ -222,6 +253,8 @@ class _Call:
         ring_seconds: float,
         talk_seconds: float,
         faults: int,
+        dialect: Dialect,
+        extra: Mapping[str, Any],
     ) -> None:
         self.call_id = call_id
         self.attempt_id = attempt_id
@@ -234,6 +267,8 @@ class _Call:
         self.ring_seconds = ring_seconds
         self.talk_seconds = talk_seconds
         self.faults = faults
+        self.dialect = dialect
+        self.extra = extra
         self.status = "queued" if outcome in ("failed", "congestion") else "ringing"
         self.started_wall = time.time()
         self.answered_wall: float | None = None
@@ -259,9 +294,9 @@ class _Call:
             "from": self.from_,
             "campaign": self.campaign or None,
             "status": self.status,
-            "started_at": _iso(self.started_wall),
-            "answered_at": _iso(self.answered_wall),
-            "ended_at": _iso(self.ended_wall),
+            "started_at": iso_utc(self.started_wall),
+            "answered_at": iso_utc(self.answered_wall),
+            "ended_at": iso_utc(self.ended_wall),
             "duration_seconds": self.duration_seconds,
             "billsec": self.billsec(),
             "cause_code": self.cause_code,
@@ -269,23 +304,10 @@ class _Call:
         }
 
 
-def _iso(wall: float | None) -> str | None:
-    if wall is None:
-        return None
-    return datetime.fromtimestamp(wall, UTC).isoformat(timespec="milliseconds")
-
-
-class _BadRequest(Exception):
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
-def _error(status: int, code: str, message: str, **extra: Any) -> web.Response:
+def _error(status: int, code: str, message: str) -> web.Response:
     return web.Response(
         status=status,
-        body=orjson.dumps({"error": {"code": code, "message": message, **extra}}),
+        body=orjson.dumps({"error": {"code": code, "message": message}}),
         content_type="application/json",
     )
 
@@ -295,13 +317,14 @@ def _json(status: int, payload: Any) -> web.Response:
 
 
 class SimulatorState:
-    """Everything the simulator knows; handlers and in-process tests share this one object."""
+    """Everything the simulator knows; dialects' handlers and in-process tests share this one object."""
 
     def __init__(self, config: SimulatorConfig, clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config
         # Only start-request timestamps (log, per-second maxima, max_cps) read this clock, so a test can
         # pin them; call timers run on the event loop's own clock.
         self.clock = clock
+        self.dialects: dict[str, Dialect] = simdialects.build(config)
         self._session: aiohttp.ClientSession | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._end_waiters: dict[str, list[asyncio.Future[dict[str, Any]]]] = {}
@@ -321,6 +344,9 @@ class SimulatorState:
         self._fault_rng = random.Random(None if seed is None else f"{seed}:fault")
         self._id_rng = random.Random(None if seed is None else f"{seed}:id")
         self._calls: dict[str, _Call] = {}
+        # Built on the first lookup by call id: only some dialects need it, and the benchmark keeps
+        # millions of calls.
+        self._by_call_id: dict[str, _Call] | None = None
         self._live = {}
         self._log: deque[tuple[Any, ...]] = deque(maxlen=self.config.log_max_entries)
         self._seq = 0
@@ -356,12 +382,13 @@ class SimulatorState:
         campaign: str | None,
         duplicate: bool,
         status: int,
+        dialect: str,
     ) -> None:
         self._seq += 1
         if len(self._log) == self._log.maxlen:
             self.log_truncated += 1
         self._log.append(
-            (self._seq, received_mono, received_wall, attempt_id, to, campaign, duplicate, status)
+            (self._seq, received_mono, received_wall, attempt_id, to, campaign, duplicate, status, dialect)
         )
 
     def _over_max_cps(self, now: float) -> bool:
@@ -388,14 +415,17 @@ class SimulatorState:
         window = self._start_windows.get(campaign)
         if window is None:
             window = self._start_windows[campaign] = deque()
-        for w in (window, self._overall_window):
-            while w and now - w[0] >= 1.0:
-                w.popleft()
-            w.append(now)
+        while window and now - window[0] >= 1.0:
+            window.popleft()
+        window.append(now)
         if len(window) > self.max_starts_per_second_by_campaign.get(campaign, 0):
             self.max_starts_per_second_by_campaign[campaign] = len(window)
-        if len(self._overall_window) > self.max_starts_per_second:
-            self.max_starts_per_second = len(self._overall_window)
+        overall = self._overall_window
+        while overall and now - overall[0] >= 1.0:
+            overall.popleft()
+        overall.append(now)
+        if len(overall) > self.max_starts_per_second:
+            self.max_starts_per_second = len(overall)
 
     def _choose_outcome(self, to: str) -> tuple[str, float, float]:
         cfg = self.config
@@ -421,7 +451,7 @@ class SimulatorState:
                 outcome = "congestion" if congested else "failed"
         return outcome, ring, max(talk, 1.0)
 
-    def _create(self, body: _StartBody, campaign: str, now: float) -> _Call:
+    def _create(self, spec: StartSpec, dialect: Dialect, campaign: str, now: float) -> _Call:
         cfg = self.config
         frng = self._fault_rng
         faults = 0
@@ -431,22 +461,27 @@ class SimulatorState:
             faults |= _F_DUPLICATE
         if cfg.out_of_order_probability and frng.random() < cfg.out_of_order_probability:
             faults |= _F_OUT_OF_ORDER
-        outcome, ring, talk = self._choose_outcome(body.to)
-        ring = min(ring, float(body.ring_timeout_seconds))
+        outcome, ring, talk = self._choose_outcome(spec.to)
+        ring = min(ring, float(spec.ring_timeout_seconds))
+        # Positional: a dozen keyword arguments cost about 0.3 us more, on every start request.
         call = _Call(
-            call_id=f"CA{self._id_rng.getrandbits(128):032x}",
-            attempt_id=body.attempt_id,
-            to=body.to,
-            from_=body.from_,
-            campaign=campaign,
-            callback_url=body.callback_url,
-            ring_timeout_seconds=body.ring_timeout_seconds,
-            outcome=outcome,
-            ring_seconds=ring,
-            talk_seconds=talk,
-            faults=faults,
+            f"CA{self._id_rng.getrandbits(128):032x}",
+            spec.attempt_id,
+            spec.to,
+            spec.from_,
+            campaign,
+            spec.callback_url,
+            spec.ring_timeout_seconds,
+            outcome,
+            ring,
+            talk,
+            faults,
+            dialect,
+            spec.extra,
         )
         self._calls[call.attempt_id] = call
+        if self._by_call_id is not None:
+            self._by_call_id[call.call_id] = call
         self._live[call.attempt_id] = call
         self._note_start(campaign, now)
         loop = asyncio.get_running_loop()
@@ -460,72 +495,103 @@ class SimulatorState:
         else:
             call.timer = loop.call_later(ring * scale, self._answer, call)
         if cfg.intermediate_events and call.status == "ringing":
-            self._send(call, self._event(call, "ringing", _SEQ_RINGING))
+            self._send(call, self._render(call, "ringing", _SEQ_RINGING))
         return call
 
-    async def handle_start(self, request: web.Request) -> web.Response:
+    def admit(self, spec: StartSpec, *, dialect: Dialect) -> Admission:
+        """Decide a parsed start request: create the call, find it again, or refuse it; log it.
+
+        Synchronous on purpose: start times then reach the per-second windows in clock order, which is
+        what keeps their maxima exact. The dialect answers with ``Admission.status``.
+        """
         self.start_requests += 1
-        if not _authorized(self, request):
-            self._reject("unauthorized")
-            self._log_request(self.clock(), time.time(), None, None, None, False, 401)
-            return _error(401, "unauthorized", "missing or wrong bearer token")
-        raw = await request.read()
-        # Read the clock only after the last await before the call is created: start times then reach the
-        # per-second windows in clock order, which is what keeps their maxima exact.
         now = self.clock()
         wall = time.time()
         cfg = self.config
-        try:
-            body = _StartBody.parse(raw)
-        except _BadRequest as exc:
-            self._reject("invalid")
-            self._log_request(now, wall, None, None, None, False, 400)
-            return _error(400, exc.code, exc.message)
-        campaign = body.campaign or NO_CAMPAIGN
-        attempt_id = body.attempt_id
+        statuses = dialect.start_statuses
+        attempt_id = spec.attempt_id
         existing = self._calls.get(attempt_id)
         seen = existing is not None
-
-        def refuse(reason: str, status: int) -> None:
-            self._reject(reason)
-            self._log_request(now, wall, attempt_id, body.to, body.campaign, seen, status)
-
-        if self._over_max_cps(now):
-            refuse("max_cps", 429)
-            return _error(429, "20429", "Too Many Requests", processed=False)
         frng = self._fault_rng
-        if cfg.rate_limit_429_probability and frng.random() < cfg.rate_limit_429_probability:
-            refuse("rate_limited", 429)
-            return _error(429, "20429", "Too Many Requests", processed=False)
-        if cfg.error_5xx_probability and frng.random() < cfg.error_5xx_probability:
-            refuse("error_5xx", 503)
-            return _error(503, "service_unavailable", "injected failure before the call was created")
+        reason: RejectReason | None = None
+        if self._over_max_cps(now):
+            reason = "max_cps"
+        elif cfg.rate_limit_429_probability and frng.random() < cfg.rate_limit_429_probability:
+            reason = "rate_limited"
+        elif cfg.error_5xx_probability and frng.random() < cfg.error_5xx_probability:
+            reason = "error_5xx"
+        elif existing is not None and (existing.to != spec.to or existing.dialect is not dialect):
+            reason = "conflict"
+        if reason is not None:
+            status = statuses[reason]
+            self._reject(reason)
+            self._log_request(now, wall, attempt_id, spec.to, spec.campaign, seen, status, dialect.name)
+            return Admission("rejected", status, None, reason)
 
-        if existing is not None and existing.to != body.to:
-            refuse("conflict", 409)
-            return _error(409, "attempt_conflict", "attempt_id already used for a different number")
         after_create = bool(
             cfg.error_5xx_after_create_probability and frng.random() < cfg.error_5xx_after_create_probability
         )
         slow = bool(cfg.slow_response_probability and frng.random() < cfg.slow_response_probability)
         if existing is None:
-            call = self._create(body, campaign, now)
-            status = 201
+            call = self._create(spec, dialect, spec.campaign or NO_CAMPAIGN, now)
+            outcome: Literal["created", "duplicate"] = "created"
         else:
             call = existing
-            status = 200
+            outcome = "duplicate"
             self.duplicate_start_requests += 1
         if after_create:
             self._reject("error_5xx_after_create")
-            status = 500
-        self._log_request(now, wall, attempt_id, body.to, body.campaign, seen, status)
-        # The call already exists while the response is held back: a caller that times out here cannot
-        # know whether it was created, which is exactly the ambiguity workers must reconcile.
-        if slow and cfg.slow_response_seconds > 0:
-            await asyncio.sleep(cfg.slow_response_seconds)
-        if after_create:
-            return _error(500, "internal_error", "injected failure after the call was created")
-        return _json(status, {"call_id": call.call_id, "attempt_id": attempt_id, "status": "queued"})
+            status = statuses["after_create_error"]
+        else:
+            status = statuses[outcome]
+        self._log_request(now, wall, attempt_id, spec.to, spec.campaign, seen, status, dialect.name)
+        # The call already exists while the answer is held back: a caller that times out meanwhile
+        # cannot know whether it was created, which is exactly the ambiguity workers must reconcile.
+        slow_seconds = cfg.slow_response_seconds if slow and cfg.slow_response_seconds > 0 else 0.0
+        return Admission(outcome, status, call, None, after_create, slow_seconds)
+
+    def refuse(
+        self,
+        reason: str,
+        status: int,
+        *,
+        dialect: Dialect,
+        attempt_id: str | None = None,
+        to: str | None = None,
+        campaign: str | None = None,
+    ) -> None:
+        """Count and log a start request the dialect refused itself ("unauthorized", "invalid", ...)."""
+        self.start_requests += 1
+        self._reject(reason)
+        seen = attempt_id is not None and attempt_id in self._calls
+        self._log_request(self.clock(), time.time(), attempt_id, to, campaign, seen, status, dialect.name)
+
+    def find(self, attempt_id: str, *, dialect: Dialect | None = None) -> CallView | None:
+        """The call started for ``attempt_id``; with ``dialect``, only if that dialect created it."""
+        call = self._calls.get(attempt_id)
+        if call is None or (dialect is not None and call.dialect is not dialect):
+            return None
+        return call
+
+    def find_by_call_id(self, call_id: str, *, dialect: Dialect | None = None) -> CallView | None:
+        """The call with this provider call id; with ``dialect``, only if that dialect created it."""
+        index = self._by_call_id
+        if index is None:
+            index = self._by_call_id = {call.call_id: call for call in self._calls.values()}
+        call = index.get(call_id)
+        if call is None or (dialect is not None and call.dialect is not dialect):
+            return None
+        return call
+
+    async def handle_start(self, request: web.Request) -> web.Response:
+        """Answer a start request in the native dialect, as POST /v1/calls does."""
+        # Imported here: the native dialect module imports this one.
+        from dialer.simdialects.native import NativeDialect
+
+        native = self.dialects.get("native")
+        if not isinstance(native, NativeDialect):
+            raise LookupError("the native dialect is not mounted")
+        return await native.start(self, request)
 
     def _answer(self, call: _Call) -> None:
         call.status = "in-progress"
@@ -534,7 +600,7 @@ class SimulatorState:
             call.talk_seconds * self.config.time_scale, self._finish, call, "answered"
         )
         if self.config.intermediate_events:
-            self._send(call, self._event(call, "in-progress", _SEQ_ANSWERED))
+            self._send(call, self._render(call, "in-progress", _SEQ_ANSWERED))
 
     def _finish(self, call: _Call, outcome: str, codes: tuple[str, int, int] | None = None) -> None:
         status, cause, sip = codes or _OUTCOME_CODES[outcome]
@@ -562,67 +628,53 @@ class SimulatorState:
                 if not fut.done():
                     fut.set_result(call.record())
 
+        # A fault counts only when it changed what was sent: a dialect may send no event at all.
         if call.faults & _F_DROP:
             self.callbacks_dropped += 1
         else:
-            final = self._event(call, status, _SEQ_FINAL)
-            self._send(call, final)
-            if call.faults & _F_DUPLICATE:
+            final = self._render(call, status, _SEQ_FINAL)
+            if self._send(call, final) and call.faults & _F_DUPLICATE:
                 self.callbacks_duplicated += 1
                 self._send(call, final)
-        if call.faults & _F_OUT_OF_ORDER:
+        if call.faults & _F_OUT_OF_ORDER and self._send(call, self._render(call, "ringing", _SEQ_RINGING)):
             self.callbacks_out_of_order += 1
-            self._send(call, self._event(call, "ringing", _SEQ_RINGING))
+
+    def cancel_call(self, call: CallView) -> bool:
+        """End a not-yet-answered call as canceled; False when it is answered or already over."""
+        live = self._live.get(call.attempt_id)
+        if live is None or live is not call or live.status not in ("queued", "ringing"):
+            return False
+        if live.timer is not None:
+            live.timer.cancel()
+        self._finish(live, "canceled", _CANCELED_CODES)
+        return True
 
     def cancel(self, attempt_id: str) -> dict[str, Any] | None:
         """End a not-yet-answered call as canceled; None when it is unknown, answered or over."""
         call = self._live.get(attempt_id)
-        if call is None or call.status not in ("queued", "ringing"):
+        if call is None or not self.cancel_call(call):
             return None
-        if call.timer is not None:
-            call.timer.cancel()
-        self._finish(call, "canceled", _CANCELED_CODES)
         return call.record()
 
-    def _event(self, call: _Call, status: str, sequence: int) -> tuple[bytes, dict[str, str]]:
+    def _render(self, call: _Call, status: str, sequence: int) -> Callback | None:
         if sequence == _SEQ_RINGING and call.ringing_event_id is not None:
             event_id = call.ringing_event_id
         else:
             event_id = str(uuid.UUID(int=self._id_rng.getrandbits(128), version=4))
             if sequence == _SEQ_RINGING:
                 call.ringing_event_id = event_id
-        final = sequence == _SEQ_FINAL
-        answered = call.answered_wall is not None
-        payload = {
-            "event_id": event_id,
-            "attempt_id": call.attempt_id,
-            "call_id": call.call_id,
-            "status": status,
-            "answered": answered,
-            "answered_at": _iso(call.answered_wall),
-            "started_at": _iso(call.started_wall),
-            "ended_at": _iso(call.ended_wall) if final else None,
-            "duration_seconds": call.duration_seconds if final else 0.0,
-            "billsec": call.billsec() if final else 0,
-            "cause_code": call.cause_code if final else None,
-            "sip_code": call.sip_code if final else None,
-            "sequence": sequence,
-        }
-        body = orjson.dumps(payload)
-        headers = {
-            "Content-Type": "application/json",
-            SIGNATURE_HEADER: sign(self.config.callback_secret, body),
-            TIMESTAMP_HEADER: str(int(time.time())),
-        }
-        return body, headers
+        return call.dialect.render_event(call, status, sequence, sequence == _SEQ_FINAL, event_id)
 
-    def _send(self, call: _Call, event: tuple[bytes, dict[str, str]]) -> None:
+    def _send(self, call: _Call, event: Callback | None) -> bool:
+        if event is None:
+            return False
         # Chained per call so a call's events leave in the order generated; injected reordering is then
         # the only reordering, which keeps the fault tests deterministic.
-        task = asyncio.get_running_loop().create_task(self._deliver(call.delivery, call.callback_url, event))
+        task = asyncio.get_running_loop().create_task(self._deliver(call.delivery, event))
         call.delivery = task
         self._tasks.add(task)
         task.add_done_callback(functools.partial(self._delivered, call))
+        return True
 
     def _delivered(self, call: _Call, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
@@ -630,12 +682,10 @@ class SimulatorState:
         if call.delivery is task:
             call.delivery = None
 
-    async def _deliver(
-        self, previous: asyncio.Task[None] | None, url: str, event: tuple[bytes, dict[str, str]]
-    ) -> None:
+    async def _deliver(self, previous: asyncio.Task[None] | None, event: Callback) -> None:
         if previous is not None and not previous.done():
             await asyncio.wait((previous,))
-        body, headers = event
+        url, body, headers = event
         cfg = self.config
         session = self._client()
         for attempt in range(1, cfg.callback_max_attempts + 1):
@@ -649,7 +699,7 @@ class SimulatorState:
             if attempt < cfg.callback_max_attempts:
                 self.callback_retries += 1
                 await asyncio.sleep(cfg.callback_retry_backoff_seconds * 2 ** (attempt - 1))
-        # Left for the worker's sweeper, which reconciles through GET /v1/calls/by-attempt.
+        # Left for the worker's sweeper, which reconciles through the dialect's lookup.
         self.callbacks_failed += 1
 
     def _client(self) -> aiohttp.ClientSession:
@@ -735,104 +785,14 @@ class SimulatorState:
                 "campaign": campaign,
                 "duplicate": duplicate,
                 "response_status": status,
+                "dialect": dialect,
             }
-            for seq, mono, wall, attempt_id, to, campaign, duplicate, status in self._log
+            for seq, mono, wall, attempt_id, to, campaign, duplicate, status, dialect in self._log
             if seq > after_seq
         ]
 
 
-class _StartBody:
-    __slots__ = ("attempt_id", "callback_url", "campaign", "from_", "ring_timeout_seconds", "to")
-
-    def __init__(
-        self,
-        attempt_id: str,
-        to: str,
-        from_: str | None,
-        ring_timeout_seconds: int,
-        callback_url: str,
-        campaign: str | None,
-    ) -> None:
-        self.attempt_id = attempt_id
-        self.to = to
-        self.from_ = from_
-        self.ring_timeout_seconds = ring_timeout_seconds
-        self.callback_url = callback_url
-        self.campaign = campaign
-
-    @classmethod
-    def parse(cls, raw: bytes) -> _StartBody:
-        try:
-            data = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            raise _BadRequest("invalid_json", "body is not valid JSON") from None
-        if not isinstance(data, dict):
-            raise _BadRequest("invalid_json", "body must be a JSON object")
-        for name in ("attempt_id", "to", "ring_timeout_seconds", "callback_url"):
-            if data.get(name) is None:
-                raise _BadRequest("missing_field", f"{name} is required")
-        attempt_id = data["attempt_id"]
-        if not isinstance(attempt_id, str) or not 0 < len(attempt_id) <= MAX_ATTEMPT_ID_LENGTH:
-            raise _BadRequest("invalid_field", f"attempt_id must be a string of 1..{MAX_ATTEMPT_ID_LENGTH}")
-        to = data["to"]
-        if not isinstance(to, str) or not E164.match(to):
-            raise _BadRequest("invalid_number", "to must be an E.164 number such as +15551234567")
-        ring_timeout = data["ring_timeout_seconds"]
-        # bool is an int subclass; true must not pass as a one-second timeout.
-        if type(ring_timeout) is not int or not 1 <= ring_timeout <= 600:
-            raise _BadRequest("invalid_field", "ring_timeout_seconds must be an integer within 1..600")
-        callback_url = data["callback_url"]
-        if not isinstance(callback_url, str) or not callback_url.startswith(("http://", "https://")):
-            raise _BadRequest("invalid_field", "callback_url must be an http(s) URL")
-        for name in ("from", "dtmf"):
-            if data.get(name) is not None and not isinstance(data[name], str):
-                raise _BadRequest("invalid_field", f"{name} must be a string or null")
-        metadata = data.get("metadata")
-        campaign: str | None = None
-        if metadata is not None:
-            if not isinstance(metadata, dict):
-                raise _BadRequest("invalid_field", "metadata must be an object")
-            campaign = metadata.get("campaign")
-            if campaign is not None and not isinstance(campaign, str):
-                raise _BadRequest("invalid_field", "metadata.campaign must be a string")
-        return cls(attempt_id, to, data.get("from"), ring_timeout, callback_url, campaign)
-
-
 SIMULATOR_STATE: Final = web.AppKey("simulator_state", SimulatorState)
-
-
-def _authorized(state: SimulatorState, request: web.Request) -> bool:
-    auth = request.headers.get("Authorization", "")
-    return auth.startswith("Bearer ") and hmac.compare_digest(
-        auth[7:].encode(), state.config.api_key.encode()
-    )
-
-
-async def _start_call(request: web.Request) -> web.Response:
-    return await request.app[SIMULATOR_STATE].handle_start(request)
-
-
-async def _by_attempt(request: web.Request) -> web.Response:
-    state = request.app[SIMULATOR_STATE]
-    if not _authorized(state, request):
-        return _error(401, "unauthorized", "missing or wrong bearer token")
-    record = state.lookup(request.match_info["attempt_id"])
-    if record is None:
-        return _error(404, "not_found", "no start request was received for this attempt_id")
-    return _json(200, record)
-
-
-async def _cancel(request: web.Request) -> web.Response:
-    state = request.app[SIMULATOR_STATE]
-    if not _authorized(state, request):
-        return _error(401, "unauthorized", "missing or wrong bearer token")
-    attempt_id = request.match_info["attempt_id"]
-    record = state.cancel(attempt_id)
-    if record is not None:
-        return _json(200, record)
-    if state.lookup(attempt_id) is None:
-        return _error(404, "not_found", "no start request was received for this attempt_id")
-    return _error(409, "not_cancelable", "only queued or ringing calls can be canceled")
 
 
 async def _stats(request: web.Request) -> web.Response:
@@ -858,10 +818,10 @@ async def _close_state(app: web.Application) -> None:
 
 def make_app(config: SimulatorConfig, *, clock: Callable[[], float] = time.monotonic) -> web.Application:
     app = web.Application()
-    app[SIMULATOR_STATE] = SimulatorState(config, clock)
-    app.router.add_post("/v1/calls", _start_call)
-    app.router.add_get("/v1/calls/by-attempt/{attempt_id}", _by_attempt)
-    app.router.add_post("/v1/calls/by-attempt/{attempt_id}/cancel", _cancel)
+    state = app[SIMULATOR_STATE] = SimulatorState(config, clock)
+    for dialect in state.dialects.values():
+        app.router.add_routes(dialect.routes(state))
+    # The simulator's own controls, whichever dialects are mounted.
     app.router.add_get("/v1/stats", _stats)
     app.router.add_get("/v1/log", _log)
     app.router.add_post("/v1/reset", _reset)

@@ -1,20 +1,32 @@
 import asyncio
 import re
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import parse_qs, parse_qsl, urlencode, urlsplit
 
 import aiohttp
 import orjson
 import pytest
 from aiohttp import web
 
+from dialer import simdialects
+from dialer.simdialects import (
+    DEFAULT_START_STATUSES,
+    E164,
+    Callback,
+    CallView,
+    StartSpec,
+    register,
+)
+from dialer.simdialects.native import NativeDialect
 from dialer.simulator import (
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
     Simulator,
     SimulatorConfig,
+    SimulatorState,
     max_in_window,
     sign,
 )
@@ -32,6 +44,8 @@ class Receiver:
     url: str = ""
     posts: list[tuple[bytes, dict[str, str]]] = field(default_factory=list)
     events: list[dict[str, Any]] = field(default_factory=list)
+    # Form-encoded callbacks (the "form" dialect below), with the query of the URL they were posted to.
+    forms: list[dict[str, str]] = field(default_factory=list)
     statuses: list[int] = field(default_factory=list)
     gate: asyncio.Event = field(default_factory=asyncio.Event)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -43,7 +57,10 @@ class Receiver:
         await self.gate.wait()
         status = self.statuses.pop(0) if self.statuses else 204
         if status < 300:
-            self.events.append(orjson.loads(body))
+            if request.content_type == "application/x-www-form-urlencoded":
+                self.forms.append({**request.query, **dict(parse_qsl(body.decode()))})
+            else:
+                self.events.append(orjson.loads(body))
             self.changed.set()
         return web.Response(status=status)
 
@@ -608,6 +625,7 @@ async def test_log_lists_every_start_request_and_reset_clears_it(
     ]
     assert log[0]["to"] == "+15551230001"
     assert log[0]["campaign"] == "camp-a"
+    assert {e["dialect"] for e in log} == {"native"}
     assert log[0]["received_at"] <= log[2]["received_at"]
     assert log[0]["received_at_wall"] > 1.6e9
     async with http.get(f"{sim.base_url}/v1/log", params={"after_seq": "2"}) as resp:
@@ -645,3 +663,348 @@ async def test_stop_cancels_live_calls_and_pending_callbacks(
     await sim.stop()
     stats = sim.stats()
     assert (stats["callbacks_pending"], stats["live_calls"]) == (0, 1)
+
+
+# ------------------------------------------------------------------------------------------ dialects
+
+FORM_TOKEN = "form-token"
+FORM_SECRET = "form-secret"
+BOTH: dict[str, Any] = {"dialects": ["native", "form"], "dialect_options": {"form": {"token": FORM_TOKEN}}}
+
+
+def _field(form: Mapping[str, Any], name: str) -> str | None:
+    value = form.get(name)
+    return value if isinstance(value, str) else None
+
+
+class FormDialect:
+    """The smallest complete dialect: form-encoded starts and callbacks, the attempt id in the callback URL.
+
+    POST /form/Calls takes To, From, Timeout, Callback and Campaign with "Authorization: Token <token>";
+    GET /form/Calls/{sid} and POST /form/Calls/{sid}/cancel address a call by the provider's id. Only
+    final events are posted, form-encoded and signed over URL + body.
+    """
+
+    name = "form"
+    # A provider that answers 200 to a new call and 502 to its own failures.
+    start_statuses: Mapping[str, int] = {**DEFAULT_START_STATUSES, "created": 200, "error_5xx": 502}
+
+    def __init__(self, options: Mapping[str, Any], config: SimulatorConfig) -> None:
+        unknown = sorted(set(options) - {"token", "secret"})
+        if unknown or "token" not in options:
+            raise ValueError(f"the form dialect needs a token and takes a secret; unknown: {unknown}")
+        self.token = str(options["token"])
+        self.secret = str(options.get("secret", FORM_SECRET))
+
+    def _authorized(self, request: web.Request) -> bool:
+        return request.headers.get("Authorization") == f"Token {self.token}"
+
+    def routes(self, state: SimulatorState) -> list[web.RouteDef]:
+        async def start(request: web.Request) -> web.Response:
+            if not self._authorized(request):
+                state.refuse("unauthorized", 401, dialect=self)
+                return web.Response(status=401, text="bad token")
+            form = await request.post()
+            to, timeout, callback = (_field(form, k) for k in ("To", "Timeout", "Callback"))
+            attempt = parse_qs(urlsplit(callback or "").query).get("attempt", [""])[0]
+            if not (
+                to
+                and E164.match(to)
+                and callback
+                and callback.startswith(("http://", "https://"))
+                and attempt
+                and timeout
+                and timeout.isdigit()
+                and 1 <= int(timeout) <= 600
+            ):
+                state.refuse("invalid", 400, dialect=self, attempt_id=attempt or None, to=to)
+                return web.Response(status=400, text="invalid request")
+            spec = StartSpec(
+                attempt, to, _field(form, "From"), int(timeout), callback, _field(form, "Campaign")
+            )
+            admission = state.admit(spec, dialect=self)
+            if admission.slow_seconds:
+                await asyncio.sleep(admission.slow_seconds)
+            call = admission.call
+            if call is None or admission.after_create_error:
+                return web.Response(status=admission.status, text=admission.reason or "server error")
+            return web.json_response({"sid": call.call_id, "status": call.status}, status=admission.status)
+
+        async def lookup(request: web.Request) -> web.Response:
+            if not self._authorized(request):
+                return web.Response(status=401)
+            call = state.find_by_call_id(request.match_info["sid"], dialect=self)
+            if call is None:
+                return web.Response(status=404)
+            return web.json_response({"sid": call.call_id, "status": call.status, "duration": call.billsec()})
+
+        async def cancel(request: web.Request) -> web.Response:
+            if not self._authorized(request):
+                return web.Response(status=401)
+            call = state.find_by_call_id(request.match_info["sid"], dialect=self)
+            if call is None:
+                return web.Response(status=404)
+            return web.Response(status=200 if state.cancel_call(call) else 409)
+
+        return [
+            web.post("/form/Calls", start),
+            web.get("/form/Calls/{sid}", lookup),
+            web.post("/form/Calls/{sid}/cancel", cancel),
+        ]
+
+    def render_event(
+        self, call: CallView, status: str, sequence: int, final: bool, event_id: str
+    ) -> Callback | None:
+        if not final:
+            return None
+        fields = {
+            "CallSid": call.call_id,
+            "CallStatus": status,
+            "Duration": call.billsec(),
+            "EventId": event_id,
+        }
+        body = urlencode(fields).encode()
+        url = call.callback_url
+        headers = {
+            "Content-Type": "application/x-www-form-urlencoded",
+            "X-Form-Signature": sign(self.secret, url.encode() + body),
+        }
+        return url, body, headers
+
+
+register("form", FormDialect)
+
+
+async def form_start(
+    http: aiohttp.ClientSession,
+    sim: Simulator,
+    attempt_id: str,
+    to: str,
+    callback_url: str,
+    token: str = FORM_TOKEN,
+    **fields: str,
+) -> tuple[int, Any]:
+    data = {
+        "To": to,
+        "From": "+15550009999",
+        "Timeout": "30",
+        "Callback": f"{callback_url}?attempt={attempt_id}",
+        "Campaign": "camp-f",
+        **fields,
+    }
+    async with http.post(
+        f"{sim.base_url}/form/Calls", data=data, headers={"Authorization": f"Token {token}"}
+    ) as resp:
+        if resp.content_type == "application/json":
+            return resp.status, await resp.json()
+        return resp.status, await resp.text()
+
+
+def test_dialect_config_is_checked_at_construction() -> None:
+    """Unknown dialects, options for unmounted ones and bad options are errors, never ignored."""
+    with pytest.raises(ValueError, match=r"unknown simulator dialect 'twillio'; known: \[.*'native'"):
+        SimulatorConfig(dialects=["native", "twillio"])
+    with pytest.raises(ValueError, match="not in dialects"):
+        SimulatorConfig(dialect_options={"form": {"token": "t"}})
+    with pytest.raises(ValueError, match="non-empty list"):
+        SimulatorConfig.from_dict({"dialects": "native"})
+    with pytest.raises(ValueError, match="twice"):
+        SimulatorConfig(dialects=["native", "native"])
+    with pytest.raises(ValueError, match="no options"):
+        SimulatorState(SimulatorConfig(dialect_options={"native": {"api_key": "k"}}))
+    with pytest.raises(ValueError, match="needs a token"):
+        SimulatorState(SimulatorConfig(dialects=["form"]))
+    config = SimulatorConfig.from_dict(BOTH)
+    assert SimulatorConfig.from_dict(config.to_dict()) == config
+    assert SimulatorConfig().dialects == ["native"]
+
+
+def test_dialects_register_by_name() -> None:
+    """Native resolves from its own module; a taken name refuses another factory but not the same one."""
+    assert simdialects.resolve("native") is NativeDialect
+    assert {"native", "form"} <= set(simdialects.known_dialects())
+    with pytest.raises(ValueError, match="already registered"):
+        register("form", NativeDialect)
+    register("form", FormDialect)
+
+
+async def test_admit_decides_starts_without_http() -> None:
+    """The state machine takes a StartSpec straight from a dialect: create, repeat, conflict, cancel, log."""
+    config = SimulatorConfig.from_dict({**FAST, "drop_callback_probability": 1.0})
+    state = SimulatorState(config, clock=FakeClock())
+    native = state.dialects["native"]
+    try:
+        spec = StartSpec("a1", "+15551230001", None, 600, "http://127.0.0.1:9/cb", campaign="c")
+        created = state.admit(spec, dialect=native)
+        assert (created.outcome, created.status, created.reason, created.slow_seconds) == (
+            "created",
+            201,
+            None,
+            0.0,
+        )
+        call = created.call
+        assert call is not None
+        again = state.admit(spec, dialect=native)
+        assert (again.outcome, again.status, again.call) == ("duplicate", 200, call)
+        other = state.admit(StartSpec("a1", "+15551230002", None, 600, spec.callback_url), dialect=native)
+        assert (other.outcome, other.status, other.reason, other.call) == ("rejected", 409, "conflict", None)
+        assert state.find("a1", dialect=native) is call
+        assert state.find_by_call_id(call.call_id) is call
+        assert state.cancel_call(call)
+        assert call.status == "canceled"
+        assert not state.cancel_call(call)
+        assert [(e["duplicate"], e["response_status"], e["dialect"]) for e in state.log()] == [
+            (False, 201, "native"),
+            (True, 200, "native"),
+            (True, 409, "native"),
+        ]
+    finally:
+        await state.close()
+
+
+async def test_form_dialect_runs_end_to_end_next_to_native(
+    make_sim: SimFactory, http: aiohttp.ClientSession, receiver: Receiver
+) -> None:
+    """Two dialects on one simulator: each answers and calls back in its own format, books are shared."""
+    sim = await make_sim(**BOTH, forced_outcomes={"+15551230001": "answered", "+15551230002": "busy"})
+    status, native_created = await start(http, sim, body("n1", "+15551230001", receiver.url))
+    assert status == 201
+    status, created = await form_start(http, sim, "f1", "+15551230002", receiver.url)
+    assert status == 200
+    sid = created["sid"]
+    assert re.fullmatch(r"CA[0-9a-f]{32}", sid)
+
+    await receiver.wait_for(lambda: len(receiver.events) == 1 and len(receiver.forms) == 1)
+    assert (receiver.events[0]["call_id"], receiver.events[0]["status"]) == (
+        native_created["call_id"],
+        "completed",
+    )
+    form = receiver.forms[0]
+    assert (form["attempt"], form["CallSid"], form["CallStatus"], form["Duration"]) == (
+        "f1",
+        sid,
+        "busy",
+        "0",
+    )
+    raw, headers = next(p for p in receiver.posts if "X-Form-Signature" in p[1])
+    assert headers["X-Form-Signature"] == sign(FORM_SECRET, f"{receiver.url}?attempt=f1".encode() + raw)
+
+    # Each dialect's API sees its own calls; the in-process view sees them all.
+    async with http.get(
+        f"{sim.base_url}/form/Calls/{sid}", headers={"Authorization": "Token form-token"}
+    ) as r:
+        assert (r.status, (await r.json())["status"]) == (200, "busy")
+    async with http.get(
+        f"{sim.base_url}/form/Calls/{native_created['call_id']}",
+        headers={"Authorization": "Token form-token"},
+    ) as r:
+        assert r.status == 404
+    assert (await by_attempt(http, sim, "f1"))[0] == 404
+    assert sim.lookup("f1") is not None
+
+    await sim.drain_callbacks()
+    stats = sim.stats()
+    assert (stats["start_requests"], stats["calls_started"], stats["callbacks_sent"]) == (2, 2, 2)
+    assert stats["calls_by_status"] == {"completed": 1, "busy": 1}
+    assert stats["max_live_calls_by_campaign"] == {"camp-a": 1, "camp-f": 1}
+    assert [(e["dialect"], e["attempt_id"], e["response_status"]) for e in sim.log()] == [
+        ("native", "n1", 201),
+        ("form", "f1", 200),
+    ]
+
+
+async def test_form_dialect_gets_the_core_idempotency_and_refusals(
+    make_sim: SimFactory, http: aiohttp.ClientSession, receiver: Receiver
+) -> None:
+    """A repeated form start is the same call; conflicts span dialects; the dialect's own refusals are logged."""
+    sim = await make_sim(**BOTH, forced_outcomes={"+15551230002": "busy"})
+    first = await form_start(http, sim, "f1", "+15551230002", receiver.url)
+    second = await form_start(http, sim, "f1", "+15551230002", receiver.url)
+    assert first[0] == second[0] == 200
+    assert first[1]["sid"] == second[1]["sid"]
+    assert (await form_start(http, sim, "f1", "+15551230003", receiver.url))[0] == 409
+    status, payload = await start(http, sim, body("f1", "+15551230002", receiver.url))
+    assert (status, payload["error"]["code"]) == (409, "attempt_conflict")
+    assert "another dialect" in payload["error"]["message"]
+    assert (await form_start(http, sim, "f2", "+15551230002", receiver.url, token="wrong"))[0] == 401
+    assert (await form_start(http, sim, "f3", "5551230002", receiver.url))[0] == 400
+
+    await ended(sim, "f1")
+    await sim.drain_callbacks()
+    assert [f["attempt"] for f in receiver.forms] == ["f1"]
+    stats = sim.stats()
+    assert (stats["start_requests"], stats["calls_started"], stats["duplicate_start_requests"]) == (6, 1, 1)
+    assert stats["rejected_by_reason"] == {"conflict": 2, "unauthorized": 1, "invalid": 1}
+    assert [(e["dialect"], e["attempt_id"], e["duplicate"], e["response_status"]) for e in sim.log()] == [
+        ("form", "f1", False, 200),
+        ("form", "f1", True, 200),
+        ("form", "f1", True, 409),
+        ("native", "f1", True, 409),
+        ("form", None, False, 401),
+        ("form", "f3", False, 400),
+    ]
+
+
+async def test_form_dialect_gets_the_core_faults(
+    make_sim: SimFactory, http: aiohttp.ClientSession, receiver: Receiver
+) -> None:
+    """Delivery faults apply to any dialect's callbacks; events it renders as None are never sent."""
+    sim = await make_sim(
+        **BOTH,
+        duplicate_callback_probability=1.0,
+        out_of_order_probability=1.0,
+        intermediate_events=True,
+        forced_outcomes={"+15551230002": "answered"},
+    )
+    await form_start(http, sim, "f1", "+15551230002", receiver.url)
+    await receiver.wait_for(lambda: len(receiver.forms) == 2)
+    await sim.drain_callbacks()
+    # Intermediate and stale ringing events render as nothing; the duplicated final is byte-identical.
+    assert len(receiver.posts) == 2
+    assert receiver.posts[0][0] == receiver.posts[1][0]
+    assert [f["CallStatus"] for f in receiver.forms] == ["completed", "completed"]
+    stats = sim.stats()
+    assert (stats["callbacks_sent"], stats["callbacks_duplicated"], stats["callbacks_out_of_order"]) == (
+        2,
+        1,
+        0,
+    )
+
+
+async def test_injected_failures_and_max_cps_apply_across_dialects(
+    make_sim: SimFactory, http: aiohttp.ClientSession, receiver: Receiver
+) -> None:
+    """max_cps is one budget for all dialects, and injected 5xx answers use the dialect's own status."""
+    clock = FakeClock()
+    sim = await make_sim(**BOTH, clock=clock, max_cps=1)
+    assert (await start(http, sim, body("n1", "+15551230001", receiver.url)))[0] == 201
+    clock.now = 0.5
+    assert (await form_start(http, sim, "f1", "+15551230002", receiver.url))[0] == 429
+    clock.now = 1.0
+    assert (await form_start(http, sim, "f2", "+15551230002", receiver.url))[0] == 200
+    assert sim.stats()["rejected_by_reason"] == {"max_cps": 1}
+
+    failing = await make_sim(**BOTH, error_5xx_probability=1.0)
+    assert (await form_start(http, failing, "f1", "+15551230002", receiver.url))[0] == 502
+    assert failing.lookup("f1") is None
+    after_create = await make_sim(**BOTH, error_5xx_after_create_probability=1.0)
+    assert (await form_start(http, after_create, "f1", "+15551230002", receiver.url))[0] == 500
+    assert after_create.lookup("f1") is not None
+    assert [e["response_status"] for e in (*failing.log(), *after_create.log())] == [502, 500]
+
+
+async def test_form_dialect_cancels_by_provider_call_id(
+    make_sim: SimFactory, http: aiohttp.ClientSession, receiver: Receiver
+) -> None:
+    """A dialect cancels through the core: a ringing call ends canceled once, and the final callback says so."""
+    sim = await make_sim(**BOTH, forced_outcomes={"+15551230002": "no-answer"})
+    _, created = await form_start(http, sim, "f1", "+15551230002", receiver.url, Timeout="600")
+    url = f"{sim.base_url}/form/Calls/{created['sid']}/cancel"
+    auth = {"Authorization": f"Token {FORM_TOKEN}"}
+    async with http.post(url, headers=auth) as resp:
+        assert resp.status == 200
+    async with http.post(url, headers=auth) as resp:
+        assert resp.status == 409
+    await receiver.wait_for(lambda: len(receiver.forms) == 1)
+    assert receiver.forms[0]["CallStatus"] == "canceled"
+    assert sim.stats()["calls_by_status"] == {"canceled": 1}
