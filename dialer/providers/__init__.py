@@ -8,6 +8,7 @@ Without either setting there is one account, `simulator`, built from the DIALER_
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -56,11 +57,29 @@ def kinds() -> list[str]:
     return sorted(_FACTORIES)
 
 
-def _load_builtin() -> None:
-    # Imported lazily so adapters can import this module for `register` without a cycle.
-    from dialer.providers import simulated
+# kind → module exposing `from_account(account, settings) -> Provider`. Imported lazily so an
+# adapter can import this package without a cycle, and only the kinds in use pay the import.
+_BUILTIN = {
+    "simulator": "dialer.providers.simulated",
+    "twilio": "dialer.providers.twilio",
+    "paycall": "dialer.providers.paycall",
+    "callr": "dialer.providers.callr",
+    "upcall": "dialer.providers.upcall",
+    "http": "dialer.providers.generic",
+}
 
-    register("simulator", simulated.from_account)
+
+def _load_builtin() -> None:
+    for kind, module_name in _BUILTIN.items():
+        if kind in _FACTORIES:
+            continue
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name == module_name:
+                continue  # an adapter not shipped in this build
+            raise
+        register(kind, module.from_account)
 
 
 def load_accounts(settings: Settings, environ: Mapping[str, str] | None = None) -> list[ProviderAccount]:
