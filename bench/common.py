@@ -8,6 +8,7 @@ import datetime as dt
 import math
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -151,6 +152,7 @@ class Server:
     def close(self) -> None:
         if self.embedded is not None:
             self.embedded.stop()
+            shutil.rmtree(self.embedded.path.parent, ignore_errors=True)
 
     @contextlib.asynccontextmanager
     async def database(self, tag: str, *, migrate: bool = True) -> AsyncIterator[str]:

@@ -63,6 +63,7 @@ def machine_facts(server: Server, quick: bool) -> list[tuple[str, str]]:
         ("Python", f"{platform.python_version()} ({versions})"),
         ("PostgreSQL", f"{server.version}, {server.description}; {pg}"),
         ("code", f"git {commit}{' + uncommitted changes' if dirty else ''}"),
+        ("worker settings", ", ".join(f"{k}={v}" for k, v in dialer_loop.WORKER_ENV.items())),
     ]
 
 
@@ -144,8 +145,10 @@ async def main_async(args: argparse.Namespace) -> int:
         report += ["", "## Failures", ""] + [f"- {f}" for f in failures]
     results = ROOT / "bench" / "results"
     results.mkdir(exist_ok=True)
-    (results / "latest.md").write_text("\n".join(report) + "\n")
-    say(f"\nwrote {results / 'latest.md'} ({elapsed:.0f}s)")
+    # A partial run (--only) must not overwrite the last complete set of figures.
+    out_file = results / ("latest.md" if wanted == set(SCENARIOS) else "partial.md")
+    out_file.write_text("\n".join(report) + "\n")
+    say(f"\nwrote {out_file} ({elapsed:.0f}s)")
     if failures or args.profile or args.keep_logs:
         say(f"child process logs kept in {logs}")
     else:

@@ -184,13 +184,23 @@ async def _load_backlog(conn: asyncpg.Connection, backlog: int, n_campaigns: int
     say(f"  backlog {backlog:,} loaded in {time.perf_counter() - t:.1f}s")
 
 
+async def claim_args(conn: asyncpg.Connection, worker: uuid.UUID, limit: int) -> list[object]:
+    """Q.claim's arguments: worker, limit, now, dial timeout, then empty/NULL for any optional filters
+    (e.g. providers to skip) that later versions of the query add."""
+    args: list[object] = [worker, limit, SystemClock().now(), 30]
+    params = (await conn.prepare(Q.claim)).get_parameters()
+    args += [[] if p.kind == "array" else None for p in params[len(args) :]]
+    return args
+
+
 async def _claim_ms(conn: asyncpg.Connection, worker: uuid.UUID) -> float:
     """One claim of 50 in a transaction that is rolled back, so the backlog stays what it was."""
+    args = await claim_args(conn, worker, 50)
     tr = conn.transaction()
     await tr.start()
     try:
         t0 = time.perf_counter()
-        rows = await conn.fetch(Q.claim, worker, 50, SystemClock().now(), 30)
+        rows = await conn.fetch(Q.claim, *args)
         t1 = time.perf_counter()
     finally:
         await tr.rollback()

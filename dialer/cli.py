@@ -195,6 +195,44 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
     return 1 if bad and args.strict else 0
 
 
+def cmd_cdr_import(args: argparse.Namespace) -> int:
+    """Apply a provider's CDR export (Paycall `cdr_by_campaign`) as outcomes: closes attempts whose
+    callbacks never came. Idempotent: outcomes already recorded are reported as duplicates."""
+    import uuid
+
+    from dialer.providers.paycall import parse_cdr_csv
+    from dialer.worker import apply_outcomes
+
+    settings = _settings(args)
+    try:
+        text = Path(args.file).read_text(encoding="utf-8-sig")
+        events = list(parse_cdr_csv(text))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise IngestError(f"{args.file}: {exc}") from None
+    usable = []
+    foreign = 0
+    for event in events:
+        try:
+            uuid.UUID(event.attempt_id)
+            usable.append(event)
+        except ValueError:
+            foreign += 1  # a row of a call this dialer did not place
+
+    async def go(conn: Any) -> dict[str, Any]:
+        counts = {"applied": 0, "duplicate": 0, "unknown_attempt": 0}
+        async with conn.transaction():
+            for i in range(0, len(usable), 1000):
+                results, _ = await apply_outcomes(
+                    conn, usable[i : i + 1000], SystemClock().now(), settings.requeue_backoff_seconds
+                )
+                for result in results.values():
+                    counts[result] += 1
+        return {"file": args.file, "rows": len(events), "not_ours": foreign, **counts}
+
+    _print(asyncio.run(_with_conn(settings, go)))
+    return 0
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
     from dialer.runtime import install_uvloop
     from dialer.simulator import SimulatorConfig, run_forever
@@ -267,6 +305,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     e.add_argument("--strict", action="store_true", help="exit 1 when any row was rejected")
     e.set_defaults(fn=cmd_enqueue)
+
+    cdr = sub.add_parser("cdr-import", help="apply a Paycall cdr_by_campaign CSV as outcomes (reconciliation)")
+    cdr.add_argument("file")
+    cdr.set_defaults(fn=cmd_cdr_import)
 
     s = sub.add_parser("simulate-provider", help="run the provider simulator")
     s.add_argument("--host", default="127.0.0.1")

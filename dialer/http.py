@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import time
 import uuid
 
 from aiohttp import web
@@ -26,6 +27,7 @@ async def callback(request: web.Request) -> web.Response:
     if provider is None:
         raise web.HTTPNotFound(text="unknown provider")
     counter = metrics.CALLBACKS
+    started = time.perf_counter()
     body = await request.read()
     token_attempt: str | None = None
     attempt, token = request.query.get("attempt"), request.query.get("token")
@@ -63,6 +65,7 @@ async def callback(request: web.Request) -> web.Response:
         counter.labels(name, "error").inc()
         return web.json_response({"error": "unavailable"}, status=503)
     counter.labels(name, result).inc()
+    metrics.CALLBACK_SECONDS.observe(time.perf_counter() - started)
     if result == "unknown_attempt":
         return web.json_response({"error": "unknown attempt"}, status=404)
     return web.json_response({"result": result})

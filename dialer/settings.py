@@ -143,7 +143,7 @@ class Settings:
         },
     )
     reconcile_grace_seconds: int = field(
-        default=60,
+        default=20,
         metadata={"doc": "Added to ring timeout + max call duration before a silent call is looked up."},
     )
     requeue_backoff_seconds: int = field(

@@ -356,7 +356,9 @@ class Worker:
         # Serialised: a caller that flushes (the sweeper, the drain) must find its items written
         # when flush returns, even if the background flusher had already taken them.
         async with self._flush_lock:
+            started = time.perf_counter()
             await self._flush()
+            metrics.FLUSH_SECONDS.observe(time.perf_counter() - started)
 
     async def _flush(self) -> None:
         buffers, self._buffers = self._buffers, _Buffers()
@@ -404,58 +406,19 @@ class Worker:
                 a[3].set_result(None)
 
     async def _record(self, conn: Conn, items: Sequence[_Outcome], now: dt.datetime) -> None:
-        # One row per attempt per flush: a duplicate in the same batch is answered "duplicate".
-        first: dict[uuid.UUID, _Outcome] = {}
-        dupes: list[_Outcome] = []
-        for item in items:
-            key = uuid.UUID(item.event.attempt_id)
-            if key in first:
-                dupes.append(item)
-            else:
-                first[key] = item
-        cols: list[list[Any]] = [[] for _ in range(13)]
-        for key, item in first.items():
-            e = item.event
-            assert e.outcome is not None
-            klass = classify(e.outcome)
-            for col, value in zip(
-                cols,
-                (
-                    key,
-                    e.outcome.value,
-                    klass.final,
-                    klass.consumes_attempt,
-                    klass.final_status,
-                    e.answered_at,
-                    e.ended_at or now,
-                    e.duration_seconds,
-                    e.billsec,
-                    e.raw_status,
-                    e.raw_cause,
-                    e.sip_code,
-                    e.call_id,
-                ),
-                strict=True,
-            ):
-                col.append(value)
-        rows = await conn.fetch(Q.record_outcomes, *cols, now, self.settings.requeue_backoff_seconds)
-        applied = {r["attempt_id"] for r in rows}
+        results, rows = await apply_outcomes(
+            conn, [item.event for item in items], now, self.settings.requeue_backoff_seconds
+        )
         for r in rows:
             metrics.OUTCOMES.labels(self.labels(r["campaign"]), r["outcome"], r["decision"]).inc()
-        missing = [k for k in first if k not in applied]
-        known: set[uuid.UUID] = set()
-        if missing:
-            known = {
-                r["id"] for r in await conn.fetch("SELECT id FROM dialer_attempt WHERE id = ANY($1)", missing)
-            }
-        for key, item in first.items():
+        answered: set[uuid.UUID] = set()
+        for item in items:
+            key = uuid.UUID(item.event.attempt_id)
+            # The first event of an attempt in a batch carries its result; repeats are duplicates.
+            result = "duplicate" if key in answered else results[key]
+            answered.add(key)
             if item.future is not None and not item.future.done():
-                item.future.set_result(
-                    "applied" if key in applied else "duplicate" if key in known else "unknown_attempt"
-                )
-        for item in dupes:
-            if item.future is not None and not item.future.done():
-                item.future.set_result("duplicate")
+                item.future.set_result(result)
 
     # ---------------------------------------------------------------- maintenance
 
@@ -532,6 +495,11 @@ class Worker:
             # provider: past them we hang up and record the outcome ourselves.
             ring_over = row["claimed_at"] + dt.timedelta(seconds=row["ring_timeout_seconds"]) + grace
             life_over = ring_over + dt.timedelta(seconds=row["max_call_duration_seconds"])
+            queue_seconds = getattr(provider, "queue_timeout_seconds", None)
+            if queue_seconds:
+                # Human-worked campaigns (Upcall): "ringing" means waiting in a caller's queue,
+                # which lasts far longer than any ring timeout.
+                ring_over = row["claimed_at"] + dt.timedelta(seconds=queue_seconds) + grace
             try:
                 if provider is None:
                     raise ProviderUnavailable(f"no provider {row['provider']!r} configured")
@@ -575,8 +543,11 @@ class Worker:
                 metrics.RECONCILED.labels("max_duration").inc()
             else:
                 # Still ringing or talking: look again at the next limit, or after the grace.
+                # A talking call is looked at less often: it may last an hour, and each look is a
+                # provider API request.
                 limit = ring_over if event.kind == "ringing" else life_over
-                next_look = max(now + dt.timedelta(seconds=1), min(limit, now + grace))
+                step = grace if event.kind == "ringing" else 4 * grace
+                next_look = max(now + dt.timedelta(seconds=1), min(limit, now + step))
                 deadlines.append((attempt_id, next_look, True, event.call_id))
                 metrics.RECONCILED.labels("still_live").inc()
         async with self.pool.acquire() as conn:
@@ -624,3 +595,45 @@ def held_back_reason(r: asyncpg.Record | dict[str, Any]) -> str:
 
 def _failed(attempt_id: uuid.UUID, outcome: Outcome, raw: str) -> CallEvent:
     return CallEvent(attempt_id=str(attempt_id), call_id=None, kind="ended", outcome=outcome, raw_status=raw)
+
+
+async def apply_outcomes(
+    conn: Conn, events: Sequence[CallEvent], now: dt.datetime, requeue_seconds: int
+) -> tuple[dict[uuid.UUID, str], list[asyncpg.Record]]:
+    """Record final events in one statement; per attempt: applied, duplicate or unknown_attempt.
+
+    The first event of an attempt wins within a batch; across batches the database applies each
+    attempt's outcome once (forward only).
+    """
+    first: dict[uuid.UUID, CallEvent] = {}
+    for event in events:
+        first.setdefault(uuid.UUID(event.attempt_id), event)
+    cols: list[list[Any]] = [[] for _ in range(13)]
+    for key, e in first.items():
+        assert e.outcome is not None
+        klass = classify(e.outcome)
+        values = (
+            key,
+            e.outcome.value,
+            klass.final,
+            klass.consumes_attempt,
+            klass.final_status,
+            e.answered_at,
+            e.ended_at or now,
+            e.duration_seconds,
+            e.billsec,
+            e.raw_status,
+            e.raw_cause,
+            e.sip_code,
+            e.call_id,
+        )
+        for col, value in zip(cols, values, strict=True):
+            col.append(value)
+    rows = list(await conn.fetch(Q.record_outcomes, *cols, now, requeue_seconds))
+    applied = {r["attempt_id"] for r in rows}
+    missing = [k for k in first if k not in applied]
+    known = {r["id"] for r in await conn.fetch(Q.attempts_known, missing)} if missing else set()
+    results = {
+        k: "applied" if k in applied else "duplicate" if k in known else "unknown_attempt" for k in first
+    }
+    return results, rows

@@ -73,6 +73,18 @@ HELD_BACK = Gauge(
     ["campaign", "reason"],
     registry=REGISTRY,
 )
+FLUSH_SECONDS = Histogram(
+    "dialer_flush_seconds",
+    "Latency of one batched write of outcomes, acceptances and releases (callbacks wait for it).",
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+CALLBACK_SECONDS = Histogram(
+    "dialer_callback_seconds",
+    "Time from receiving a provider callback to answering it (after the outcome is durable).",
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
 CLAIM_SECONDS = Histogram(
     "dialer_claim_seconds", "Latency of one claim statement.", buckets=_LATENCY_BUCKETS, registry=REGISTRY
 )

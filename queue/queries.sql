@@ -26,6 +26,9 @@ SELECT * FROM dialer_record_outcomes($1::uuid[], $2::text[], $3::boolean[], $4::
     $6::timestamptz[], $7::timestamptz[], $8::double precision[], $9::integer[], $10::text[], $11::text[],
     $12::integer[], $13::text[], $14::timestamptz, $15::integer);
 
+-- name: attempts_known
+SELECT id FROM dialer_attempt WHERE id = ANY ($1::uuid[]);
+
 -- name: release_attempts
 -- Claims whose start request was provably never sent (cancelled before sending, or unknown to the
 -- provider on reconciliation): the dial did not happen, so neither the attempt row nor the dial

@@ -46,3 +46,13 @@ async def add_numbers(
 ) -> int:
     rows = [campaigns.NumberRow(phone=phone(offset + i), priority=priority) for i in range(count)]
     return await campaigns.enqueue(conn, campaign_id, rows, now)
+
+
+async def open_window(conn: asyncpg.Connection, campaign_id: int, *, now: dt.datetime = NOW) -> None:
+    """Set a business-hours window around `now`, as a worker's refresh would for an always-open campaign."""
+    await conn.execute(
+        "UPDATE dialer_campaign SET window_opens_at = $2::timestamptz - interval '1 day', "
+        "window_closes_at = $2::timestamptz + interval '1 day' WHERE id = $1",
+        campaign_id,
+        now,
+    )

@@ -105,6 +105,12 @@ class CallEvent:
 
 
 class Provider(Protocol):
+    """A provider account's adapter.
+
+    Optional attribute `queue_timeout_seconds`: set by adapters whose "ringing" is a wait in a
+    human caller's queue (Upcall); the sweeper then allows that long, not the ring timeout.
+    """
+
     name: str
 
     async def throttle(self) -> None:

@@ -173,8 +173,12 @@ class UpcallProvider:
         max_connections: int = 200,
         max_calls_per_second: float = 0.0,
         name: str = "upcall",
+        queue_timeout_seconds: float = 86400.0,
     ) -> None:
         self.name = name
+        # A number waits in the human callers' queue until someone dials it: the sweeper must
+        # not give it up after a ring timeout (see dialer.worker.Worker.sweep).
+        self.queue_timeout_seconds = queue_timeout_seconds
         self._base = base_url.rstrip("/")
         base = urlsplit(self._base)
         self._origin = (base.scheme, base.netloc)
@@ -653,7 +657,15 @@ def _config(account: ProviderAccount) -> dict[str, Any]:
     """The account's options, validated; SettingsError names every bad key."""
     opts = dict(account.options)
     errors: list[str] = []
-    known = {"campaign_id", "attempt_field", "contact", "content_type", "page_size", "max_pages_per_poll"}
+    known = {
+        "campaign_id",
+        "attempt_field",
+        "contact",
+        "content_type",
+        "page_size",
+        "max_pages_per_poll",
+        "queue_timeout_seconds",
+    }
     for key in sorted(set(opts) - known):
         errors.append(f"{key}: unknown option (known: {sorted(known)})")
     campaign = opts.get("campaign_id")
@@ -689,6 +701,9 @@ def _config(account: ProviderAccount) -> dict[str, Any]:
         value = opts.get(key, default)
         if type(value) is not int or not 1 <= value <= hi:
             errors.append(f"{key}: must be an integer within 1..{hi}")
+    queue = opts.get("queue_timeout_seconds", 86400)
+    if not isinstance(queue, int | float) or isinstance(queue, bool) or not 60 <= queue <= 30 * 86400:
+        errors.append("queue_timeout_seconds: must be a number of seconds within 60..2592000")
     if "auth_token" not in account.secrets:
         errors.append("auth_token_env: required, the environment variable holding the Upcall API token")
     if errors:
@@ -702,6 +717,7 @@ def _config(account: ProviderAccount) -> dict[str, Any]:
         "content_type": content_type,
         "page_size": opts.get("page_size", 100),
         "max_pages_per_poll": opts.get("max_pages_per_poll", 5),
+        "queue_timeout_seconds": float(queue) if isinstance(queue, int | float) else 86400.0,
     }
 
 
@@ -720,4 +736,5 @@ def from_account(account: ProviderAccount, settings: Settings) -> UpcallProvider
         max_connections=settings.max_inflight_requests,
         max_calls_per_second=account.max_calls_per_second,
         name=account.name,
+        queue_timeout_seconds=config["queue_timeout_seconds"],
     )

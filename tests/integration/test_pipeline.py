@@ -438,3 +438,32 @@ async def test_forged_callback_token_is_rejected(pool: asyncpg.Pool, conn: async
         st.callback_url = f"{url}?attempt={attempt['id']}&token={'0' * 32}"
         assert (await st.post_callback(body))[0] == 401
         assert (await conn.fetchrow("SELECT state FROM dialer_attempt"))["state"] == "ringing"
+
+
+async def test_queue_timeout_replaces_ring_timeout_for_human_worked_providers(
+    pool: asyncpg.Pool, conn: asyncpg.Connection
+) -> None:
+    """An adapter with queue_timeout_seconds keeps a waiting number live past the ring timeout, then gives up."""
+    async with stack(
+        pool,
+        conn,
+        time_scale=1.0,
+        ring_min_seconds=120,
+        ring_max_seconds=120,
+        answer_probability=1,
+        busy_probability=0,
+        no_answer_probability=0,
+        failed_probability=0,
+    ) as st:
+        st.worker.providers["simulator"].queue_timeout_seconds = 600  # type: ignore[attr-defined]
+        c = await make_campaign(conn, now=st.clock.now(), ring_timeout_seconds=30)
+        await add_numbers(conn, c["id"], 1, now=st.clock.now())
+        assert await claim(st) == 1
+        st.clock.advance(30 + 5 + 1)
+        assert await st.worker.sweep() == 1  # looked up: still waiting, so it stays live
+        assert (await conn.fetchrow("SELECT state FROM dialer_attempt"))["state"] == "ringing"
+        st.clock.advance(600)
+        while await st.worker.sweep():
+            pass
+        row = await conn.fetchrow("SELECT state, outcome, raw_status FROM dialer_attempt")
+        assert (row["state"], row["outcome"], row["raw_status"]) == ("ended", "no_answer", "local_ring_timeout")
