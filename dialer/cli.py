@@ -306,7 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--strict", action="store_true", help="exit 1 when any row was rejected")
     e.set_defaults(fn=cmd_enqueue)
 
-    cdr = sub.add_parser("cdr-import", help="apply a Paycall cdr_by_campaign CSV as outcomes (reconciliation)")
+    cdr = sub.add_parser(
+        "cdr-import", help="apply a Paycall cdr_by_campaign CSV as outcomes (reconciliation)"
+    )
     cdr.add_argument("file")
     cdr.set_defaults(fn=cmd_cdr_import)
 

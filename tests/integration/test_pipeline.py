@@ -466,4 +466,8 @@ async def test_queue_timeout_replaces_ring_timeout_for_human_worked_providers(
         while await st.worker.sweep():
             pass
         row = await conn.fetchrow("SELECT state, outcome, raw_status FROM dialer_attempt")
-        assert (row["state"], row["outcome"], row["raw_status"]) == ("ended", "no_answer", "local_ring_timeout")
+        assert (row["state"], row["outcome"], row["raw_status"]) == (
+            "ended",
+            "no_answer",
+            "local_ring_timeout",
+        )
