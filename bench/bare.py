@@ -205,8 +205,8 @@ async def measure(
     url: str = "",
     extra: dict[str, int | str] | None = None,
     provider: tuple[str, int] | None = None,
-) -> tuple[float, str]:
-    """Fill the table with n jobs, drain it with `workers` processes; returns (jobs/s, CPU summary)."""
+) -> tuple[float, str, float]:
+    """Fill the table with n jobs, drain it with `workers` processes: (jobs/s, CPU summary, other load)."""
     conn = await asyncpg.connect(dsn)
     try:
         await conn.execute("DROP TABLE IF EXISTS bench_job")
@@ -263,7 +263,7 @@ async def measure(
             raise RuntimeError(f"bare {mode}: {finished} of {n} jobs finished with 200")
         # The workers measured their own CPU (they exited before the meter read them).
         meter.result["bare workers"] = sum(r["cpu"] for r in results)
-        return n / elapsed, meter.summary()
+        return n / elapsed, meter.summary(), meter.other_share()
     finally:
         await conn.close()
 
@@ -289,23 +289,25 @@ async def run(ctx: Context) -> list[Figure]:
         url = f"http://127.0.0.1:{port}/v1/calls"
         async with ctx.server.database("bare", migrate=False) as dsn:
 
-            async def series(label: str, reps: int, **kw: Any) -> tuple[float, str]:
+            async def series(label: str, reps: int, **kw: Any) -> tuple[float, str, float]:
                 rates = []
+                other = 0.0
                 for _ in range(reps):
                     say(f"bare {label}, {kw['n']:,} jobs ...")
-                    rate, cpu = await measure(ctx, dsn, **kw)
+                    rate, cpu, load = await measure(ctx, dsn, **kw)
                     ctx.note(f"bare {label}: {rate:,.0f} jobs/s; {cpu}")
                     rates.append(rate)
-                return median_of(rates)
+                    other = max(other, load)
+                return (*median_of(rates), other)
 
             mock_kw: dict[str, Any] = {
                 "url": url,
                 "provider": ("mock provider", mock.pid),
                 "extra": http_opts,
             }
-            r1, n1 = await series("http w=1", reps, n=n_http, mode="http", workers=1, **mock_kw)
-            r2, n2 = await series("http w=2", 1, n=n_http, mode="http", workers=2, **mock_kw)
-            r3, n3 = await series(
+            r1, n1, o1 = await series("http w=1", reps, n=n_http, mode="http", workers=1, **mock_kw)
+            r2, n2, o2 = await series("http w=2", 1, n=n_http, mode="http", workers=2, **mock_kw)
+            r3, n3, o3 = await series(
                 "noop w=1", 1, n=n_noop, mode="noop", workers=1, extra={"batch": 500, "loops": 2}
             )
             # The same loop against the simulator the dialer talks to: what is left of the ceiling once
@@ -316,7 +318,7 @@ async def run(ctx: Context) -> list[Figure]:
                     "provider": ("simulator", st.sim.pid),
                     "extra": {**http_opts, "api-key": API_KEY},
                 }
-                r4, n4 = await series(
+                r4, n4, o4 = await series(
                     "http w=1 → simulator", reps, n=n_http, mode="http", workers=1, **sim_kw
                 )
     finally:
@@ -331,6 +333,7 @@ async def run(ctx: Context) -> list[Figure]:
             None,
             "1.00×",
             n1,
+            contention=o1,
         ),
         Figure(
             "1b",
@@ -341,6 +344,7 @@ async def run(ctx: Context) -> list[Figure]:
             None,
             f"{r2 / r1:.2f}×",
             n2,
+            contention=o2,
         ),
         Figure(
             "1c",
@@ -351,6 +355,7 @@ async def run(ctx: Context) -> list[Figure]:
             None,
             "",
             n3,
+            contention=o3,
         ),
         Figure(
             "1d",
@@ -361,6 +366,7 @@ async def run(ctx: Context) -> list[Figure]:
             None,
             f"{r4 / r1:.2f}×",
             n4,
+            contention=o4,
         ),
     ]
 

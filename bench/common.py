@@ -60,6 +60,8 @@ class Figure:
     vs_bare: str = ""
     note: str = ""
     shown: str = ""
+    # Share of a core that processes outside the benchmark used while this figure was measured.
+    contention: float = 0.0
 
     def measured(self) -> str:
         if self.shown:
@@ -265,6 +267,10 @@ class CpuMeter:
         out["other"] = out["machine busy"] - sum(v for k, v in out.items() if not k.startswith("machine"))
         self.result = out
         return out
+
+    def other_share(self) -> float:
+        """CPU used by everything outside the benchmark's own processes, in cores."""
+        return self.result.get("other", 0.0) / self.elapsed if self.elapsed else 0.0
 
     def summary(self) -> str:
         r = self.result

@@ -231,7 +231,7 @@ def describe_metrics(m: dict[str, float]) -> str:
 
 async def _dispatch_once(
     ctx: Context, n_campaigns: int, per: int, profile: bool, env: dict[str, str] | None
-) -> tuple[float, float]:
+) -> tuple[float, float, float]:
     total = n_campaigns * per
     async with ctx.server.database("dispatch") as dsn:
         conn = await db.connect(dsn)
@@ -276,7 +276,7 @@ async def _dispatch_once(
         f"{steady:,.0f}/s); {describe_metrics(metrics)}; worker peak RSS {rss:.0f} MiB"
     )
     ctx.note("dispatch " + meter.summary())
-    return rate, steady
+    return rate, steady, meter.other_share()
 
 
 async def dispatch(
@@ -286,8 +286,8 @@ async def dispatch(
     runs = sorted(
         [await _dispatch_once(ctx, n_campaigns, per, profile, env) for _ in range(1 if ctx.quick else 3)]
     )
-    rate, steady = runs[len(runs) // 2]
-    spread = f"median of {len(runs)}: {', '.join(f'{r:,.0f}' for r, _ in runs)}; " if len(runs) > 1 else ""
+    rate, steady, _ = runs[len(runs) // 2]
+    spread = f"median of {len(runs)}: {', '.join(f'{r[0]:,.0f}' for r in runs)}; " if len(runs) > 1 else ""
     ratio = rate / bare_http if bare_http else None
     return [
         Figure(
@@ -299,6 +299,7 @@ async def dispatch(
             None if ratio is None else ratio >= 0.70,
             "" if ratio is None else f"{ratio:.2f}×",
             f"{spread}{n_campaigns * per:,} numbers / {n_campaigns} campaigns; steady (10%→90%) {steady:,.0f}/s",
+            contention=max(r[2] for r in runs),
         )
     ]
 
@@ -409,6 +410,7 @@ async def full_loop(
             f"{rate / bare:.2f}×" if bare else "",
             f"{total:,} numbers / {n_campaigns} campaigns (≤ {cap} live calls each), all final; "
             f"steady {steady:,.0f}/s",
+            contention=meter.other_share(),
         )
     ]
     figures.append(

@@ -31,6 +31,8 @@ from bench import bare, dialer_loop, sql_level
 from bench.common import ROOT, Context, Figure, Server, say, wait_quiet
 
 SCENARIOS = ("bare", "dispatch", "full", "enqueue", "claim", "wake")
+# Above this share of a core used by processes outside the benchmark, a figure is flagged as contended.
+CONTENDED = 0.25
 
 
 def machine_facts(server: Server, quick: bool) -> list[tuple[str, str]]:
