@@ -175,15 +175,17 @@ BEGIN
            AND (cp.starts_at IS NULL OR cp.starts_at <= p_now)
            AND (cp.ends_at IS NULL OR cp.ends_at > p_now)
            AND cp.window_opens_at <= p_now AND p_now < cp.window_closes_at
-           AND EXISTS (SELECT 1 FROM dialer_number n
-                        WHERE n.campaign_id = cp.id AND n.status IN ('untried', 'retry_wait')
-                          AND n.next_attempt_at <= p_now)
          -- Round-robin: the campaign served longest ago goes first, so one big campaign cannot
          -- starve the others when the batch is small.
          ORDER BY cp.last_claimed_at NULLS FIRST, cp.id
          FOR UPDATE SKIP LOCKED
     LOOP
         EXIT WHEN remaining <= 0;
+        -- Checked here, not in the cursor: the cursor's rows are fetched (and locked) lazily, so
+        -- a claim that fills its batch from the first campaigns never probes the others.
+        CONTINUE WHEN NOT EXISTS (SELECT 1 FROM dialer_number n
+                                   WHERE n.campaign_id = c.id AND n.status IN ('untried', 'retry_wait')
+                                     AND n.next_attempt_at <= p_now);
 
         SELECT count(*) INTO live FROM dialer_attempt a
          WHERE a.campaign_id = c.id AND a.state <> 'ended';
