@@ -76,8 +76,11 @@ def table(figures: list[Figure]) -> str:
     ]
     for f in figures:
         meets = "" if f.ok is None else ("yes" if f.ok else "**no**")
+        note = f.note
+        if f.contention > CONTENDED:
+            note += f" ⚠ other processes on the machine used {100 * f.contention:.0f}% of a core meanwhile"
         rows.append(
-            f"| {f.number} | {f.name} | {f.measured()} | {f.target} | {meets} | {f.vs_bare} | {f.note} |"
+            f"| {f.number} | {f.name} | {f.measured()} | {f.target} | {meets} | {f.vs_bare} | {note} |"
         )
     return "\n".join(rows)
 

@@ -45,6 +45,7 @@ Conn: TypeAlias = "asyncpg.Connection[asyncpg.Record] | asyncpg.pool.PoolConnect
 # How long the sweeper holds an overdue attempt while it asks the provider about it.
 _SWEEP_LEASE_SECONDS = 30
 _SWEEP_BATCH = 200
+_SWEEP_CONCURRENCY = 20
 
 
 @dataclass(slots=True)
@@ -94,7 +95,7 @@ class Worker:
         self._sent: set[uuid.UUID] = set()
         self._slots_free = asyncio.Event()
         self._flush_lock = asyncio.Lock()
-        self._listener: Conn | None = None
+        self._listener: asyncpg.pool.PoolConnectionProxy[asyncpg.Record] | None = None
         self._callback_base = settings.callback_base_url + "/callbacks/"
         self._token_secret = settings.callback_secret.get().encode()
         self.breakers = {
@@ -157,40 +158,45 @@ class Worker:
         self._stopping = True
         self._wake.set()
         self._slots_free.set()
-        with contextlib.suppress(asyncio.CancelledError):
-            await claimer
-        # In-flight start requests get the grace period to finish; whatever has not been sent by
-        # then is cancelled and released without counting as an attempt.
-        pending = list(self._inflight.values())
-        if pending:
-            _, still = await asyncio.wait(pending, timeout=self.settings.shutdown_grace_seconds)
-            for task in still:
+        # A claimer that died is already reported by run(); here it must not cut the drain short,
+        # or the side tasks and the LISTEN connection would keep the process alive forever.
+        await asyncio.gather(claimer, return_exceptions=True)
+        try:
+            # In-flight start requests get the grace period to finish; whatever has not been sent
+            # by then is cancelled and released without counting as an attempt.
+            pending = list(self._inflight.values())
+            if pending:
+                _, still = await asyncio.wait(pending, timeout=self.settings.shutdown_grace_seconds)
+                for task in still:
+                    task.cancel()
+                if still:
+                    await asyncio.wait(still)
+            await self.flush()
+            if close_http is not None:
+                await close_http()
+        finally:
+            for task in side:
                 task.cancel()
-            if still:
-                await asyncio.wait(still)
-        await self.flush()
-        if close_http is not None:
-            await close_http()
-        for task in side:
-            task.cancel()
-        await asyncio.gather(*side, return_exceptions=True)
-        await self.flush()
-        if self._listener is not None:
+            await asyncio.gather(*side, return_exceptions=True)
             with contextlib.suppress(Exception):
-                await self._listener.close()
-        with contextlib.suppress(Exception):
-            async with self.pool.acquire() as conn:
-                await conn.execute(Q.worker_deregister, self.id)
-        metrics.DRAINING.set(0)
+                await self.flush()
+            if self._listener is not None:
+                listener, self._listener = self._listener, None
+                with contextlib.suppress(Exception):
+                    await listener.remove_listener("dialer_due", self._on_notify)
+                    await self.pool.release(listener)
+            with contextlib.suppress(Exception):
+                async with self.pool.acquire() as conn:
+                    await conn.execute(Q.worker_deregister, self.id)
+            metrics.DRAINING.set(0)
 
     async def _listen(self) -> None:
         conn = await self.pool.acquire()
         self._listener = conn
+        await conn.add_listener("dialer_due", self._on_notify)
 
-        def on_notify(*_: object) -> None:
-            self._wake.set()
-
-        await conn.add_listener("dialer_due", on_notify)
+    def _on_notify(self, *_: object) -> None:
+        self._wake.set()
 
     async def _periodic(self, every: float, fn: Callable[[], Awaitable[Any]]) -> None:
         while True:
@@ -477,7 +483,19 @@ class Worker:
                     self._wake.set()
 
     async def sweep(self) -> int:
-        """Reconcile live attempts past their deadline through the provider's lookup."""
+        """Reconcile live attempts past their deadline through the provider's lookup.
+
+        Batches are taken until one comes back short, and each batch's lookups run concurrently
+        (bounded): after an outage thousands of attempts can be overdue at once.
+        """
+        total = 0
+        while True:
+            n = await self._sweep_batch()
+            total += n
+            if n < _SWEEP_BATCH:
+                return total
+
+    async def _sweep_batch(self) -> int:
         now = self.clock.now()
         async with self.pool.acquire() as conn:
             rows = await conn.fetch(Q.take_overdue, _SWEEP_BATCH, now, _SWEEP_LEASE_SECONDS)
@@ -486,70 +504,13 @@ class Worker:
         release: list[uuid.UUID] = []
         deadlines: list[tuple[uuid.UUID, dt.datetime, bool, str | None]] = []
         grace = dt.timedelta(seconds=self.settings.reconcile_grace_seconds)
-        for row in rows:
-            attempt_id: uuid.UUID = row["id"]
-            if attempt_id in self._inflight:
-                continue  # our own request is still running; its result will land
-            provider = self.providers.get(row["provider"])
-            # Ring timeout and maximum duration are enforced here too, not only trusted to the
-            # provider: past them we hang up and record the outcome ourselves.
-            ring_over = row["claimed_at"] + dt.timedelta(seconds=row["ring_timeout_seconds"]) + grace
-            life_over = ring_over + dt.timedelta(seconds=row["max_call_duration_seconds"])
-            queue_seconds = getattr(provider, "queue_timeout_seconds", None)
-            if queue_seconds:
-                # Human-worked campaigns (Upcall): "ringing" means waiting in a caller's queue,
-                # which lasts far longer than any ring timeout.
-                ring_over = row["claimed_at"] + dt.timedelta(seconds=queue_seconds) + grace
-            try:
-                if provider is None:
-                    raise ProviderUnavailable(f"no provider {row['provider']!r} configured")
-                event = await provider.lookup(
-                    LookupRequest(str(attempt_id), row["provider_call_id"], row["phone"], row["claimed_at"])
-                )
-            except ProviderUnavailable as exc:
-                if now >= life_over + grace:
-                    # The call is long over whatever happened; record it as unknown (which
-                    # consumes an attempt) rather than keep the number locked forever.
-                    self._push_outcome(_failed(attempt_id, Outcome.UNKNOWN, "lookup_unavailable"))
-                    metrics.RECONCILED.labels("unknown").inc()
-                log.warning("lookup of %s failed: %s", attempt_id, exc)
-                continue
-            if event is None:
-                if row["state"] == "dialing":
-                    release.append(attempt_id)  # the provider never got it: not an attempt
-                    metrics.RECONCILED.labels("never_sent").inc()
-                else:
-                    self._push_outcome(_failed(attempt_id, Outcome.UNKNOWN, "provider_lost_call"))
-                    metrics.RECONCILED.labels("unknown").inc()
-            elif event.kind == "ended":
-                self._push_outcome(event)
-                metrics.RECONCILED.labels("ended").inc()
-            elif event.kind == "ringing" and now >= ring_over:
-                await provider.hangup(str(attempt_id), event.call_id)
-                self._push_outcome(_failed(attempt_id, Outcome.NO_ANSWER, "local_ring_timeout"))
-                metrics.RECONCILED.labels("ring_timeout").inc()
-            elif event.kind == "answered" and now >= life_over:
-                await provider.hangup(str(attempt_id), event.call_id)
-                self._push_outcome(
-                    CallEvent(
-                        attempt_id=str(attempt_id),
-                        call_id=event.call_id,
-                        kind="ended",
-                        outcome=Outcome.ANSWERED_HUMAN,
-                        answered_at=event.answered_at,
-                        raw_status="local_max_call_duration",
-                    )
-                )
-                metrics.RECONCILED.labels("max_duration").inc()
-            else:
-                # Still ringing or talking: look again at the next limit, or after the grace.
-                # A talking call is looked at less often: it may last an hour, and each look is a
-                # provider API request.
-                limit = ring_over if event.kind == "ringing" else life_over
-                step = grace if event.kind == "ringing" else 4 * grace
-                next_look = max(now + dt.timedelta(seconds=1), min(limit, now + step))
-                deadlines.append((attempt_id, next_look, True, event.call_id))
-                metrics.RECONCILED.labels("still_live").inc()
+        gate = asyncio.Semaphore(_SWEEP_CONCURRENCY)
+
+        async def reconcile(row: asyncpg.Record) -> None:
+            async with gate:
+                await self._reconcile(row, now, grace, release, deadlines)
+
+        await asyncio.gather(*(reconcile(row) for row in rows))
         async with self.pool.acquire() as conn:
             if release:
                 await conn.execute(Q.release_attempts, release, now)
@@ -557,6 +518,78 @@ class Worker:
                 await conn.execute(Q.set_deadline, *[list(c) for c in zip(*deadlines, strict=True)])
         await self.flush()
         return len(rows)
+
+    async def _reconcile(
+        self,
+        row: asyncpg.Record,
+        now: dt.datetime,
+        grace: dt.timedelta,
+        release: list[uuid.UUID],
+        deadlines: list[tuple[uuid.UUID, dt.datetime, bool, str | None]],
+    ) -> None:
+        attempt_id: uuid.UUID = row["id"]
+        if attempt_id in self._inflight:
+            return  # our own request is still running; its result will land
+        provider = self.providers.get(row["provider"])
+        # Ring timeout and maximum duration are enforced here too, not only trusted to the
+        # provider: past them we hang up and record the outcome ourselves.
+        ring_over = row["claimed_at"] + dt.timedelta(seconds=row["ring_timeout_seconds"]) + grace
+        life_over = ring_over + dt.timedelta(seconds=row["max_call_duration_seconds"])
+        queue_seconds = getattr(provider, "queue_timeout_seconds", None)
+        if queue_seconds:
+            # Human-worked campaigns (Upcall): "ringing" means waiting in a caller's queue,
+            # which lasts far longer than any ring timeout.
+            ring_over = row["claimed_at"] + dt.timedelta(seconds=queue_seconds) + grace
+        try:
+            if provider is None:
+                raise ProviderUnavailable(f"no provider {row['provider']!r} configured")
+            event = await provider.lookup(
+                LookupRequest(str(attempt_id), row["provider_call_id"], row["phone"], row["claimed_at"])
+            )
+        except ProviderUnavailable as exc:
+            if now >= life_over + grace:
+                # The call is long over whatever happened; record it as unknown (which
+                # consumes an attempt) rather than keep the number locked forever.
+                self._push_outcome(_failed(attempt_id, Outcome.UNKNOWN, "lookup_unavailable"))
+                metrics.RECONCILED.labels("unknown").inc()
+            log.warning("lookup of %s failed: %s", attempt_id, exc)
+            return
+        if event is None:
+            if row["state"] == "dialing":
+                release.append(attempt_id)  # the provider never got it: not an attempt
+                metrics.RECONCILED.labels("never_sent").inc()
+            else:
+                self._push_outcome(_failed(attempt_id, Outcome.UNKNOWN, "provider_lost_call"))
+                metrics.RECONCILED.labels("unknown").inc()
+        elif event.kind == "ended":
+            self._push_outcome(event)
+            metrics.RECONCILED.labels("ended").inc()
+        elif event.kind == "ringing" and now >= ring_over:
+            await provider.hangup(str(attempt_id), event.call_id)
+            self._push_outcome(_failed(attempt_id, Outcome.NO_ANSWER, "local_ring_timeout"))
+            metrics.RECONCILED.labels("ring_timeout").inc()
+        elif event.kind == "answered" and now >= life_over:
+            await provider.hangup(str(attempt_id), event.call_id)
+            self._push_outcome(
+                CallEvent(
+                    attempt_id=str(attempt_id),
+                    call_id=event.call_id,
+                    kind="ended",
+                    outcome=Outcome.ANSWERED_HUMAN,
+                    answered_at=event.answered_at,
+                    raw_status="local_max_call_duration",
+                )
+            )
+            metrics.RECONCILED.labels("max_duration").inc()
+        else:
+            # Still ringing or talking: look again at the next limit, or after the grace.
+            # A talking call is looked at less often: it may last an hour, and each look is a
+            # provider API request.
+            limit = ring_over if event.kind == "ringing" else life_over
+            step = grace if event.kind == "ringing" else 4 * grace
+            next_look = max(now + dt.timedelta(seconds=1), min(limit, now + step))
+            deadlines.append((attempt_id, next_look, True, event.call_id))
+            metrics.RECONCILED.labels("still_live").inc()
 
     async def refresh_stats(self) -> None:
         now = self.clock.now()

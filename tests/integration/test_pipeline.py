@@ -471,3 +471,22 @@ async def test_queue_timeout_replaces_ring_timeout_for_human_worked_providers(
             "no_answer",
             "local_ring_timeout",
         )
+
+
+async def test_a_dying_claim_loop_stops_the_worker_cleanly(
+    pool: asyncpg.Pool, conn: asyncpg.Connection
+) -> None:
+    """A bug in the claim loop ends run() with that error, drains, and returns every pooled connection."""
+    async with stack(pool, conn) as st:
+
+        async def broken(limit: int) -> int:
+            raise RuntimeError("claim bug")
+
+        st.worker.claim_and_dial = broken  # type: ignore[method-assign]
+        with pytest.raises(RuntimeError, match="claim bug"):
+            async with asyncio.timeout(10):
+                await st.worker.run(asyncio.Event())
+        assert st.worker.draining
+        async with asyncio.timeout(5):
+            await pool.expire_connections()
+            assert pool.get_idle_size() == pool.get_size()  # nothing leaked: the listener came back
