@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from dialer import campaigns, db
+from dialer import campaigns, db, demo_providers
 from dialer.clock import SystemClock
 from dialer.ingest import IngestError
 from dialer.settings import Settings, SettingsError
@@ -259,6 +259,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         workers=args.workers,
         time_scale=args.time_scale,
         timeout_seconds=args.timeout,
+        provider=args.provider,
     )
 
 
@@ -325,6 +326,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--workers", type=int, default=2)
     d.add_argument("--time-scale", type=float, default=0.02)
     d.add_argument("--timeout", type=float, default=180.0)
+    d.add_argument(
+        "--provider",
+        choices=demo_providers.KINDS,
+        default=demo_providers.DEFAULT_KIND,
+        help="the adapter to dial through; the simulator speaks that provider's API",
+    )
     d.set_defaults(fn=cmd_demo)
     return p
 

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import os
 import random
-import secrets
 import shutil
 import socket
 import subprocess
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import aiohttp
 
-from dialer import campaigns, db, ingest
+from dialer import campaigns, db, demo_providers, ingest
 from dialer.clock import SystemClock
 from dialer.settings import Settings
 from dialer.simulator import Simulator, SimulatorConfig
@@ -44,11 +43,22 @@ def write_numbers(path: Path, count: int, rng: random.Random) -> None:
         f.write("not-a-number\r\n+1212\r\n")
 
 
-def run_demo(*, numbers: int, campaigns: int, workers: int, time_scale: float, timeout_seconds: float) -> int:
-    return asyncio.run(_demo(numbers, campaigns, workers, time_scale, timeout_seconds))
+def run_demo(
+    *,
+    numbers: int,
+    campaigns: int,
+    workers: int,
+    time_scale: float,
+    timeout_seconds: float,
+    provider: str = demo_providers.DEFAULT_KIND,
+) -> int:
+    """0 when every campaign finished and every worker exited cleanly, else 1."""
+    return asyncio.run(_demo(numbers, campaigns, workers, time_scale, timeout_seconds, provider))
 
 
-async def _demo(numbers: int, n_campaigns: int, n_workers: int, time_scale: float, timeout: float) -> int:
+async def _demo(
+    numbers: int, n_campaigns: int, n_workers: int, time_scale: float, timeout: float, kind: str
+) -> int:
     settings = Settings.from_env()
     tmp = Path(tempfile.mkdtemp(prefix="dialer-demo-"))
     server: db.EmbeddedPostgres | None = None
@@ -64,17 +74,20 @@ async def _demo(numbers: int, n_campaigns: int, n_workers: int, time_scale: floa
         conn = await db.connect(dsn)
         await db.migrate(conn)
 
-        secret = secrets.token_hex(16)
-        api_key = secrets.token_hex(8)
+        ports = [free_port() for _ in range(n_workers)]
+        provider = demo_providers.plan(kind, [f"http://127.0.0.1:{p}" for p in ports])
         sim = Simulator(
             SimulatorConfig(
-                api_key=api_key,
-                callback_secret=secret,
+                api_key=provider.api_key,
+                callback_secret=provider.callback_secret,
                 time_scale=time_scale,
                 seed=7,
                 ring_min_seconds=3,
                 ring_max_seconds=25,
                 talk_mean_seconds=45,
+                dialects=provider.dialects,
+                dialect_options=provider.dialect_options,
+                **provider.simulator_overrides,
             )
         )
         sim_url = await sim.start()
@@ -82,6 +95,8 @@ async def _demo(numbers: int, n_campaigns: int, n_workers: int, time_scale: floa
             f"provider simulator: {sim_url} (ring and talk times compressed {1 / time_scale:.0f}x "
             "so the demo ends in about a minute)"
         )
+        if provider.account_json is not None:
+            say(provider.describe(sim_url))
 
         now = SystemClock().now()
         rng = random.Random(42)
@@ -92,6 +107,7 @@ async def _demo(numbers: int, n_campaigns: int, n_workers: int, time_scale: floa
             name = f"demo-{tag}-{i + 1}"
             spec = campaigns.CampaignSpec(
                 name=name,
+                provider=provider.account,
                 caller_id="+12125550100",
                 ring_timeout_seconds=25,
                 retry_wait_seconds=3,
@@ -117,17 +133,14 @@ async def _demo(numbers: int, n_campaigns: int, n_workers: int, time_scale: floa
                 f"up to {spec.max_retries} times, zone {spec.time_zone}"
             )
 
-        ports = [free_port() for _ in range(n_workers)]
         env = {
             **os.environ,
             "DATABASE_URL": dsn,
-            "DIALER_PROVIDER_URL": sim_url,
-            "DIALER_PROVIDER_API_KEY": api_key,
-            "DIALER_CALLBACK_SECRET": secret,
             "DIALER_LOG_LEVEL": "WARNING",
             "DIALER_MAINTENANCE_INTERVAL_SECONDS": "0.5",
             "DIALER_STATS_INTERVAL_SECONDS": "2",
             "DIALER_RECONCILE_GRACE_SECONDS": "5",
+            **provider.worker_env(sim_url),
         }
         procs = [
             # Popen returns at once (it only forks); the demo polls the children, never blocks on them.
@@ -186,6 +199,7 @@ async def _demo(numbers: int, n_campaigns: int, n_workers: int, time_scale: floa
 
         say("")
         say("summary")
+        say(f"  provider {provider.label}")
         for name in names:
             summary = await campaigns.summary(conn, name)
             say(f"  {name}: status {summary['status']}, numbers {summary['numbers']}")
@@ -200,10 +214,16 @@ async def _demo(numbers: int, n_campaigns: int, n_workers: int, time_scale: floa
             f"  {totals['attempts']} attempts for {totals['numbers']} numbers in {elapsed:.1f}s "
             f"({totals['attempts'] / elapsed:.0f} attempts/s average)"
         )
+        # The simulator books calls under the campaign their start request named; some providers'
+        # requests name none (Twilio, Paycall, CALLR) or a campaign of their own (Upcall's id).
+        max_live = {
+            key or "(start requests name no campaign)": value
+            for key, value in (stats.get("max_live_calls_by_campaign") or {}).items()
+        }
         say(
             f"  provider side: {stats.get('calls_started')} calls started, "
             f"{stats.get('duplicate_start_requests')} duplicate start requests, max live per campaign "
-            f"{stats.get('max_live_calls_by_campaign')}"
+            f"{max_live}"
         )
         say(f"  worker exit codes: {codes}")
         lines = [
