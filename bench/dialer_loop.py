@@ -25,11 +25,8 @@ import orjson
 
 from bench.common import Child, Context, CpuMeter, Figure, free_port, peak_rss_mib, percentile, say, wait_http
 from bench.pyspy import Profiler
-from dialer import campaigns, db
+from dialer import campaigns, db, demo_providers
 from dialer.clock import SystemClock
-
-API_KEY = secrets.token_hex(8)
-SECRET = secrets.token_hex(16)
 
 # Calls that never end during the run and never call back: only dispatch is measured. The campaign's
 # ring timeout (300 s, the maximum) caps the simulated ring time, so no timer fires either.
@@ -87,9 +84,25 @@ class Stack:
 
 @contextlib.asynccontextmanager
 async def stack(
-    ctx: Context, dsn: str, sim_config: dict[str, Any], n_workers: int, env: dict[str, str] | None = None
+    ctx: Context,
+    dsn: str,
+    sim_config: dict[str, Any],
+    n_workers: int,
+    env: dict[str, str] | None = None,
+    provider: str = "simulator",
 ) -> AsyncIterator[Stack]:
-    config = {**sim_config, "api_key": API_KEY, "callback_secret": SECRET}
+    # The same per-provider wiring as `dialer demo --provider`: the simulator speaks that provider's
+    # dialect and the workers dial through that adapter, secrets passed only by environment.
+    ports = [free_port() for _ in range(n_workers)]
+    side = demo_providers.plan(provider, [f"http://127.0.0.1:{p}" for p in ports])
+    config = {
+        **sim_config,
+        "api_key": side.api_key,
+        "callback_secret": side.callback_secret,
+        "dialects": side.dialects,
+        "dialect_options": side.dialect_options,
+        **side.simulator_overrides,
+    }
     path = ctx.logs / f"sim-{secrets.token_hex(3)}.json"
     path.write_bytes(orjson.dumps(config))
     sim_port = free_port()
@@ -114,7 +127,6 @@ async def stack(
     try:
         sim_url = f"http://127.0.0.1:{sim_port}"
         await wait_http(sim_url + "/v1/stats", sim)
-        ports = [free_port() for _ in range(n_workers)]
         for port in ports:
             workers.append(
                 Child(
@@ -123,9 +135,7 @@ async def stack(
                     ctx.logs,
                     env={
                         "DATABASE_URL": dsn,
-                        "DIALER_PROVIDER_URL": sim_url,
-                        "DIALER_PROVIDER_API_KEY": API_KEY,
-                        "DIALER_CALLBACK_SECRET": SECRET,
+                        **side.worker_env(sim_url),
                         "DIALER_HTTP_HOST": "127.0.0.1",
                         "DIALER_HTTP_PORT": str(port),
                         **WORKER_ENV,
@@ -322,6 +332,7 @@ async def full_loop(
     profile: bool = False,
     env: dict[str, str] | None = None,
     cap: int = FULL_CAP,
+    provider: str = "simulator",
 ) -> list[Figure]:
     n_campaigns = 100
     per = 200 if ctx.quick else 1000
@@ -329,9 +340,9 @@ async def full_loop(
     async with ctx.server.database(f"full{n_workers}") as dsn:
         conn = await db.connect(dsn)
         try:
-            ids = await make_campaigns(conn, n_campaigns, per, max_concurrent_calls=cap)
+            ids = await make_campaigns(conn, n_campaigns, per, max_concurrent_calls=cap, provider=provider)
             say(f"full loop: {total:,} numbers over {n_campaigns} campaigns, {n_workers} worker(s) ...")
-            async with stack(ctx, dsn, FULL_SIM, n_workers, env) as st:
+            async with stack(ctx, dsn, FULL_SIM, n_workers, env, provider) as st:
                 meter = CpuMeter(
                     {"workers": [w.pid for w in st.workers], "simulator": [st.sim.pid]}, ctx.server.postmaster
                 )

@@ -120,7 +120,9 @@ async def main_async(args: argparse.Namespace) -> int:
             for n in (1, 2):
 
                 def full(n: int = n) -> Awaitable[list[Figure]]:
-                    return dialer_loop.full_loop(ctx, n, bare_http, profile=args.profile)
+                    return dialer_loop.full_loop(
+                        ctx, n, bare_http, profile=args.profile, provider=args.provider
+                    )
 
                 await step(f"full loop w={n}", full)
         if "enqueue" in wanted:
@@ -174,6 +176,12 @@ def main() -> None:
         help="py-spy the worker during the 1-worker full loop (collapsed stacks kept in the logs)",
     )
     parser.add_argument("--keep-logs", action="store_true", help="keep the child processes' logs")
+    parser.add_argument(
+        "--provider",
+        default="simulator",
+        choices=["simulator", "twilio", "paycall", "callr", "upcall", "http"],
+        help="adapter and simulator dialect for the full loop (as `dialer demo --provider`)",
+    )
     args = parser.parse_args()
     raise SystemExit(asyncio.run(main_async(args)))
 
