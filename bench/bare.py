@@ -276,7 +276,7 @@ def median_of(rates: list[float]) -> tuple[float, str]:
 
 
 async def run(ctx: Context) -> list[Figure]:
-    from bench.dialer_loop import API_KEY, DISPATCH_SIM, stack
+    from bench.dialer_loop import DISPATCH_SIM, stack
 
     n_http = 50_000 if ctx.quick else 100_000
     n_noop = 100_000 if ctx.quick else 200_000
@@ -316,7 +316,7 @@ async def run(ctx: Context) -> list[Figure]:
                 sim_kw: dict[str, Any] = {
                     "url": st.sim_url + "/v1/calls",
                     "provider": ("simulator", st.sim.pid),
-                    "extra": {**http_opts, "api-key": API_KEY},
+                    "extra": {**http_opts, "api-key": st.api_key},
                 }
                 r4, n4, o4 = await series(
                     "http w=1 → simulator", reps, n=n_http, mode="http", workers=1, **sim_kw

@@ -80,6 +80,7 @@ class Stack:
     sim_url: str
     workers: list[Child]
     ports: list[int]
+    api_key: str  # the native dialect's key, for clients other than the workers
 
 
 @contextlib.asynccontextmanager
@@ -145,7 +146,7 @@ async def stack(
             )
         for w, port in zip(workers, ports, strict=True):
             await wait_http(f"http://127.0.0.1:{port}/readyz", w)
-        yield Stack(sim, sim_url, workers, ports)
+        yield Stack(sim, sim_url, workers, ports, side.api_key)
     finally:
         for w in workers:
             code = w.stop()
