@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import hmac
 from collections.abc import Mapping
@@ -9,6 +10,10 @@ from dataclasses import dataclass
 from hashlib import sha256
 from typing import Literal, Protocol
 
+import aiohttp
+from aiolimiter import AsyncLimiter
+
+import metrics
 from scheduler.outcomes import Outcome
 
 
@@ -142,3 +147,40 @@ class Provider(Protocol):
 def callback_token(secret: bytes, provider: str, attempt_id: str) -> str:
     """The unguessable per-attempt token we put on callback URLs (for providers that sign nothing)."""
     return hmac.new(secret, f"{provider}:{attempt_id}".encode(), sha256).hexdigest()[:32]
+
+
+class HttpAdapter:
+    """What every HTTP adapter shares: one pooled session, the account's calls-per-second limit,
+    and its error counter. Subclasses set `name` and call `_init_http` in their constructor."""
+
+    name: str
+
+    def _init_http(
+        self, *, timeout_seconds: float, max_connections: int, max_calls_per_second: float
+    ) -> None:
+        self._timeout = aiohttp.ClientTimeout(total=timeout_seconds)
+        self._max_connections = max_connections
+        self._session: aiohttp.ClientSession | None = None
+        # Per provider account, on top of campaign pacing: accounts have their own CPS contracts.
+        self._limiter = AsyncLimiter(max_calls_per_second, 1.0) if max_calls_per_second > 0 else None
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=self._max_connections, ttl_dns_cache=300),
+                timeout=self._timeout,
+            )
+        return self._session
+
+    def _error(self, kind: str) -> None:
+        metrics.PROVIDER_ERRORS.labels(self.name, kind).inc()
+
+    async def throttle(self) -> None:
+        if self._limiter is not None:
+            await self._limiter.acquire()
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+            await asyncio.sleep(0)  # let the connector close its transports before the loop ends

@@ -16,7 +16,6 @@ attempt token: the attempt id comes from the CDR.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import datetime as dt
 import hashlib
@@ -31,7 +30,6 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
-from aiolimiter import AsyncLimiter
 
 import metrics
 from dialer.providers.base import (
@@ -39,6 +37,7 @@ from dialer.providers.base import (
     CallbackError,
     CallbackRequest,
     CallEvent,
+    HttpAdapter,
     LookupRequest,
     ProviderUnavailable,
     StartError,
@@ -308,7 +307,7 @@ def _header(headers: Mapping[str, str], name: str) -> str | None:
     return None
 
 
-class CallrProvider:
+class CallrProvider(HttpAdapter):
     def __init__(
         self,
         endpoint: str,
@@ -350,11 +349,11 @@ class CallrProvider:
         self._default_cli = default_cli
         self._error_outcomes = dict(error_outcomes or {})
         self._ids = itertools.count(1)
-        self._timeout = aiohttp.ClientTimeout(total=timeout_seconds)
-        self._max_connections = max_connections
-        self._session: aiohttp.ClientSession | None = None
-        # Per provider account, on top of campaign pacing: accounts have their own CPS contracts.
-        self._limiter = AsyncLimiter(max_calls_per_second, 1.0) if max_calls_per_second > 0 else None
+        self._init_http(
+            timeout_seconds=timeout_seconds,
+            max_connections=max_connections,
+            max_calls_per_second=max_calls_per_second,
+        )
         self._latency = {
             op: metrics.PROVIDER_REQUEST_SECONDS.labels(self.name, op)
             for op in ("start_call", "lookup", "hangup")
@@ -362,17 +361,6 @@ class CallrProvider:
 
     def __repr__(self) -> str:
         return f"CallrProvider(name={self.name!r}, method={self._method!r}, endpoint={self._endpoint!r})"
-
-    def _client(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self._max_connections, ttl_dns_cache=300),
-                timeout=self._timeout,
-            )
-        return self._session
-
-    def _error(self, kind: str) -> None:
-        metrics.PROVIDER_ERRORS.labels(self.name, kind).inc()
 
     async def _call(self, op: str, method: str, params: list[Any]) -> tuple[int, bytes]:
         """POST one JSON-RPC request; transport errors propagate for the caller to classify."""
@@ -383,10 +371,6 @@ class CallrProvider:
                 return resp.status, await resp.read()
         finally:
             self._latency[op].observe(time.perf_counter() - started)
-
-    async def throttle(self) -> None:
-        if self._limiter is not None:
-            await self._limiter.acquire()
 
     def start_params(self, request: StartRequest) -> list[Any]:
         """The JSON-RPC params of the start request, in the method's positional order."""
@@ -562,12 +546,6 @@ class CallrProvider:
 
     async def poll_events(self) -> list[CallEvent]:
         return []
-
-    async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-            await asyncio.sleep(0)  # let the connector close its transports before the loop ends
 
 
 def _options(account: ProviderAccount) -> dict[str, Any]:

@@ -39,7 +39,6 @@ token must be present. One of the two is required: an unauthenticated callback i
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import datetime as dt
 import email.utils
@@ -54,7 +53,6 @@ from urllib.parse import parse_qsl, quote, urlencode
 
 import aiohttp
 import orjson
-from aiolimiter import AsyncLimiter
 
 import metrics
 from dialer.providers.base import (
@@ -62,6 +60,7 @@ from dialer.providers.base import (
     CallbackError,
     CallbackRequest,
     CallEvent,
+    HttpAdapter,
     LookupRequest,
     ProviderUnavailable,
     StartError,
@@ -636,7 +635,7 @@ def _parse_body(body: bytes, encoding: str, content_type: str) -> Any:
 # ---------------------------------------------------------------------------- the adapter
 
 
-class GenericHttpProvider:
+class GenericHttpProvider(HttpAdapter):
     def __init__(
         self,
         base_url: str,
@@ -652,10 +651,11 @@ class GenericHttpProvider:
         self._base = base_url.rstrip("/")
         self._config = config
         self._secrets = {f"secret:{k}": v for k, v in secrets.items()}
-        self._timeout = aiohttp.ClientTimeout(total=timeout_seconds)
-        self._max_connections = max_connections
-        self._session: aiohttp.ClientSession | None = None
-        self._limiter = AsyncLimiter(max_calls_per_second, 1.0) if max_calls_per_second > 0 else None
+        self._init_http(
+            timeout_seconds=timeout_seconds,
+            max_connections=max_connections,
+            max_calls_per_second=max_calls_per_second,
+        )
         self._latency = {
             op: metrics.PROVIDER_REQUEST_SECONDS.labels(self.name, op)
             for op in ("start_call", "lookup", "hangup")
@@ -663,17 +663,6 @@ class GenericHttpProvider:
 
     def __repr__(self) -> str:
         return f"GenericHttpProvider(name={self.name!r}, base_url={self._base!r})"
-
-    def _client(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self._max_connections, ttl_dns_cache=300),
-                timeout=self._timeout,
-            )
-        return self._session
-
-    def _error(self, kind: str) -> None:
-        metrics.PROVIDER_ERRORS.labels(self.name, kind).inc()
 
     def build(
         self, request: Request, values: Mapping[str, Any]
@@ -699,10 +688,6 @@ class GenericHttpProvider:
                 return resp.status, await resp.read()
         finally:
             self._latency[op].observe(time.perf_counter() - started)
-
-    async def throttle(self) -> None:
-        if self._limiter is not None:
-            await self._limiter.acquire()
 
     async def start_call(self, request: StartRequest) -> Accepted:
         values = {
@@ -851,12 +836,6 @@ class GenericHttpProvider:
 
     async def poll_events(self) -> list[CallEvent]:
         return []
-
-    async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-            await asyncio.sleep(0)  # let the connector close its transports before the loop ends
 
 
 def from_account(account: ProviderAccount, settings: Settings) -> GenericHttpProvider:

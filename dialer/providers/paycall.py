@@ -15,7 +15,6 @@ the only call-result vocabulary the seed defines. Paycall has no hangup API.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import csv
 import datetime as dt
@@ -28,7 +27,6 @@ from urllib.parse import parse_qsl, quote
 
 import aiohttp
 import orjson
-from aiolimiter import AsyncLimiter
 
 import metrics
 from dialer.providers.base import (
@@ -36,6 +34,7 @@ from dialer.providers.base import (
     CallbackError,
     CallbackRequest,
     CallEvent,
+    HttpAdapter,
     LookupRequest,
     ProviderUnavailable,
     StartError,
@@ -295,7 +294,7 @@ def _error_text(error: Any) -> str:
     return orjson.dumps(error).decode() if error is not None else ""
 
 
-class PaycallProvider:
+class PaycallProvider(HttpAdapter):
     def __init__(
         self,
         base_url: str,
@@ -324,31 +323,17 @@ class PaycallProvider:
             raise ValueError("the dialer flow needs an ivr")
         if flow == "simple_dialer" and not self._simple.get("sound"):
             raise ValueError("the simple_dialer flow needs a sound")
-        self._timeout = aiohttp.ClientTimeout(total=timeout_seconds)
-        self._max_connections = max_connections
-        self._session: aiohttp.ClientSession | None = None
-        self._limiter = AsyncLimiter(max_calls_per_second, 1.0) if max_calls_per_second > 0 else None
+        self._init_http(
+            timeout_seconds=timeout_seconds,
+            max_connections=max_connections,
+            max_calls_per_second=max_calls_per_second,
+        )
         self._latency_start = metrics.PROVIDER_REQUEST_SECONDS.labels(self.name, "start_call")
         self._latency_campaign = metrics.PROVIDER_REQUEST_SECONDS.labels(self.name, "start_campaign")
         self._latency_lookup = metrics.PROVIDER_REQUEST_SECONDS.labels(self.name, "lookup")
 
     def __repr__(self) -> str:
         return f"PaycallProvider(name={self.name!r}, base_url={self._base!r}, flow={self._flow!r})"
-
-    def _client(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self._max_connections, ttl_dns_cache=300),
-                timeout=self._timeout,
-            )
-        return self._session
-
-    def _error(self, kind: str) -> None:
-        metrics.PROVIDER_ERRORS.labels(self.name, kind).inc()
-
-    async def throttle(self) -> None:
-        if self._limiter is not None:
-            await self._limiter.acquire()
 
     # ------------------------------------------------------------------------------------ start
 
@@ -559,12 +544,6 @@ class PaycallProvider:
 
     async def poll_events(self) -> list[CallEvent]:
         return []
-
-    async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-            await asyncio.sleep(0)  # let the connector close its transports before the loop ends
 
 
 def _callback_record(request: CallbackRequest) -> Mapping[str, Any]:

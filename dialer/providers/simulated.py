@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import hmac
 import time
@@ -12,7 +11,6 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import orjson
-from aiolimiter import AsyncLimiter
 
 import metrics
 from dialer.providers.base import (
@@ -20,6 +18,7 @@ from dialer.providers.base import (
     CallbackError,
     CallbackRequest,
     CallEvent,
+    HttpAdapter,
     LookupRequest,
     ProviderUnavailable,
     StartError,
@@ -106,7 +105,7 @@ def event_from_record(data: Mapping[str, Any]) -> CallEvent:
     raise ValueError(f"unknown call status {status!r}")
 
 
-class SimulatedProvider:
+class SimulatedProvider(HttpAdapter):
     def __init__(
         self,
         base_url: str,
@@ -122,30 +121,14 @@ class SimulatedProvider:
         self._base = base_url.rstrip("/")
         self._headers = {"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"}
         self._secret = callback_secret.encode()
-        self._timeout = aiohttp.ClientTimeout(total=timeout_seconds)
-        self._max_connections = max_connections
-        self._session: aiohttp.ClientSession | None = None
-        # Per provider account, on top of campaign pacing: accounts have their own CPS contracts.
-        self._limiter = AsyncLimiter(max_calls_per_second, 1.0) if max_calls_per_second > 0 else None
+        self._init_http(
+            timeout_seconds=timeout_seconds,
+            max_connections=max_connections,
+            max_calls_per_second=max_calls_per_second,
+        )
         self._latency_start = metrics.PROVIDER_REQUEST_SECONDS.labels(self.name, "start_call")
         self._latency_lookup = metrics.PROVIDER_REQUEST_SECONDS.labels(self.name, "lookup")
         self._latency_hangup = metrics.PROVIDER_REQUEST_SECONDS.labels(self.name, "hangup")
-
-    def _client(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self._max_connections, ttl_dns_cache=300),
-                timeout=self._timeout,
-                json_serialize=lambda o: orjson.dumps(o).decode(),
-            )
-        return self._session
-
-    def _error(self, kind: str) -> None:
-        metrics.PROVIDER_ERRORS.labels(self.name, kind).inc()
-
-    async def throttle(self) -> None:
-        if self._limiter is not None:
-            await self._limiter.acquire()
 
     async def start_call(self, request: StartRequest) -> Accepted:
         body = orjson.dumps(
@@ -273,12 +256,6 @@ class SimulatedProvider:
 
     async def poll_events(self) -> list[CallEvent]:
         return []
-
-    async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-            await asyncio.sleep(0)  # let the connector close its transports before the loop ends
 
 
 def _error_code(payload: bytes) -> str | None:

@@ -6,7 +6,6 @@ itself, and reconciliation without a call SID can only prove absence, never iden
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import datetime as dt
 import hmac
@@ -20,7 +19,6 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import aiohttp
 import orjson
-from aiolimiter import AsyncLimiter
 
 import metrics
 from dialer.providers.base import (
@@ -28,6 +26,7 @@ from dialer.providers.base import (
     CallbackError,
     CallbackRequest,
     CallEvent,
+    HttpAdapter,
     LookupRequest,
     ProviderUnavailable,
     StartError,
@@ -259,7 +258,7 @@ def _error_code(payload: bytes) -> int | None:
     return code if isinstance(code, int) and not isinstance(code, bool) else None
 
 
-class TwilioProvider:
+class TwilioProvider(HttpAdapter):
     def __init__(
         self,
         base_url: str,
@@ -311,31 +310,17 @@ class TwilioProvider:
         self._from_number = from_number
         self._skew = dt.timedelta(seconds=clock_skew_seconds)
         self._max_pages = max_lookup_pages
-        self._timeout = aiohttp.ClientTimeout(total=timeout_seconds)
-        self._max_connections = max_connections
-        self._session: aiohttp.ClientSession | None = None
-        self._limiter = AsyncLimiter(max_calls_per_second, 1.0) if max_calls_per_second > 0 else None
+        self._init_http(
+            timeout_seconds=timeout_seconds,
+            max_connections=max_connections,
+            max_calls_per_second=max_calls_per_second,
+        )
         self._latency_start = metrics.PROVIDER_REQUEST_SECONDS.labels(self.name, "start_call")
         self._latency_lookup = metrics.PROVIDER_REQUEST_SECONDS.labels(self.name, "lookup")
         self._latency_hangup = metrics.PROVIDER_REQUEST_SECONDS.labels(self.name, "hangup")
 
     def __repr__(self) -> str:
         return f"TwilioProvider(name={self.name!r}, account_sid={self.account_sid!r})"
-
-    def _client(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self._max_connections, ttl_dns_cache=300),
-                timeout=self._timeout,
-            )
-        return self._session
-
-    def _error(self, kind: str) -> None:
-        metrics.PROVIDER_ERRORS.labels(self.name, kind).inc()
-
-    async def throttle(self) -> None:
-        if self._limiter is not None:
-            await self._limiter.acquire()
 
     def start_fields(self, request: StartRequest) -> list[tuple[str, str]]:
         """The CreateCall form, in sending order; repeated names are how Twilio takes lists."""
@@ -586,12 +571,6 @@ class TwilioProvider:
 
     async def poll_events(self) -> list[CallEvent]:
         return []
-
-    async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-            await asyncio.sleep(0)  # let the connector close its transports before the loop ends
 
 
 def _invalid(account: ProviderAccount, problem: str) -> SettingsError:

@@ -23,7 +23,6 @@ Seed facts this module relies on, and the choices made where the seed is silent:
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import logging
 import math
@@ -35,7 +34,6 @@ from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
 import orjson
-from aiolimiter import AsyncLimiter
 
 import metrics
 from dialer.providers.base import (
@@ -43,6 +41,7 @@ from dialer.providers.base import (
     CallbackError,
     CallbackRequest,
     CallEvent,
+    HttpAdapter,
     LookupRequest,
     ProviderUnavailable,
     StartError,
@@ -157,7 +156,7 @@ class _Failed(Exception):
     """The request may have reached Upcall, but no answer came back."""
 
 
-class UpcallProvider:
+class UpcallProvider(HttpAdapter):
     def __init__(
         self,
         base_url: str,
@@ -189,10 +188,11 @@ class UpcallProvider:
         self._headers = {"Content-Type": content_type}
         self._page_size = page_size
         self._max_pages = max_pages_per_poll
-        self._timeout = aiohttp.ClientTimeout(total=timeout_seconds)
-        self._max_connections = max_connections
-        self._session: aiohttp.ClientSession | None = None
-        self._limiter = AsyncLimiter(max_calls_per_second, 1.0) if max_calls_per_second > 0 else None
+        self._init_http(
+            timeout_seconds=timeout_seconds,
+            max_connections=max_connections,
+            max_calls_per_second=max_calls_per_second,
+        )
         self._latency = {
             op: metrics.PROVIDER_REQUEST_SECONDS.labels(self.name, op)
             for op in ("start_call", "lookup", "hangup", "poll")
@@ -207,17 +207,6 @@ class UpcallProvider:
 
     def __repr__(self) -> str:
         return f"UpcallProvider(name={self.name!r}, base_url={self._base!r}, campaign_id={self._campaign})"
-
-    def _client(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self._max_connections, ttl_dns_cache=300),
-                timeout=self._timeout,
-            )
-        return self._session
-
-    def _error(self, kind: str) -> None:
-        metrics.PROVIDER_ERRORS.labels(self.name, kind).inc()
 
     async def _request(
         self,
@@ -252,10 +241,6 @@ class UpcallProvider:
         if len(table) >= _MAX_REMEMBERED:
             del table[next(iter(table))]
         table[key] = value
-
-    async def throttle(self) -> None:
-        if self._limiter is not None:
-            await self._limiter.acquire()
 
     # ------------------------------------------------------------------ start
 
@@ -573,12 +558,6 @@ class UpcallProvider:
         if number_id not in self._attempt_by_number:
             self._remember(self._attempt_by_number, number_id, "")
         return self._attempt_by_number[number_id]
-
-    async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-            await asyncio.sleep(0)  # let the connector close its transports before the loop ends
 
 
 _EPOCH: Final = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
