@@ -262,7 +262,9 @@ async def _dispatch_once(
                 while await conn.fetchval(due):
                     _check(st, deadline)
                     await asyncio.sleep(0.25)
-                while await conn.fetchval("SELECT count(*) FROM dialer_attempt WHERE state = 'dialing'"):
+                while await conn.fetchval(
+                    "SELECT count(*) FROM dialer_attempt WHERE provider_call_id IS NULL"
+                ):
                     _check(st, deadline)
                     await asyncio.sleep(0.02)
                 elapsed = time.time() - started
@@ -272,7 +274,9 @@ async def _dispatch_once(
                     spy.stop()
                 rss = peak_rss_mib(st.workers[0].pid)
                 received = sorted(e["received_at_wall"] for e in await _sim_log(st.sim_url))
-            ringing = await conn.fetchval("SELECT count(*) FROM dialer_attempt WHERE state = 'ringing'")
+            ringing = await conn.fetchval(
+                "SELECT count(*) FROM dialer_attempt WHERE provider_call_id IS NOT NULL AND state <> 'ended'"
+            )
         finally:
             await conn.close()
     if ringing != total or len(received) != total:

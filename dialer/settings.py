@@ -139,7 +139,7 @@ class Settings:
     dial_timeout_seconds: int = field(
         default=30,
         metadata={
-            "doc": "Deadline for a claimed attempt to be accepted by the provider before it is reconciled."
+            "doc": "Start-request allowance: a new attempt is looked up if nothing is heard within this plus its ring timeout."
         },
     )
     reconcile_grace_seconds: int = field(

@@ -56,7 +56,7 @@ class _Outcome:
 
 @dataclass
 class _Buffers:
-    accepted: list[tuple[uuid.UUID, str, dt.datetime]] = field(default_factory=list)
+    accepted: list[tuple[uuid.UUID, str]] = field(default_factory=list)
     answered: list[tuple[uuid.UUID, dt.datetime, str | None, asyncio.Future[None] | None]] = field(
         default_factory=list
     )
@@ -295,10 +295,7 @@ class Worker:
                 self._start_failed(attempt_id, provider_name, exc)
                 return
             breaker.success()
-            deadline = self.clock.now() + dt.timedelta(
-                seconds=row["ring_timeout_seconds"] + self.settings.reconcile_grace_seconds
-            )
-            self._buffers.accepted.append((attempt_id, accepted.call_id, deadline))
+            self._buffers.accepted.append((attempt_id, accepted.call_id))
         except asyncio.CancelledError:
             # Cancelled by the drain. Before the provider call began, nothing left this process.
             if attempt_id not in self._sent:
@@ -376,8 +373,8 @@ class Worker:
                 if buffers.release:
                     await conn.execute(Q.release_attempts, buffers.release, now)
                 if buffers.accepted:
-                    ids, calls, deadlines = zip(*buffers.accepted, strict=True)
-                    await conn.execute(Q.mark_accepted, list(ids), list(calls), list(deadlines))
+                    ids, calls = zip(*buffers.accepted, strict=True)
+                    await conn.execute(Q.mark_accepted, list(ids), list(calls))
                 if buffers.answered:
                     await conn.execute(
                         Q.mark_answered,
@@ -555,7 +552,7 @@ class Worker:
             log.warning("lookup of %s failed: %s", attempt_id, exc)
             return
         if event is None:
-            if row["state"] == "dialing":
+            if row["state"] == "dialing" and row["provider_call_id"] is None:
                 release.append(attempt_id)  # the provider never got it: not an attempt
                 metrics.RECONCILED.labels("never_sent").inc()
             else:

@@ -5,14 +5,12 @@
 SELECT * FROM dialer_claim($1::uuid, $2::integer, $3::timestamptz, $4::integer, $5::text[]);
 
 -- name: mark_accepted
--- The provider took the start request. A callback may already have ended the attempt (the
--- callback can win the race against this flush): then only the call id is filled in.
+-- The provider took the start request: only the call id is written, no indexed column, so the
+-- update stays on its heap page (HOT). A callback may have ended the attempt first; that is fine.
 UPDATE dialer_attempt a
-   SET provider_call_id = coalesce(a.provider_call_id, u.call_id),
-       state = CASE WHEN a.state = 'dialing' THEN 'ringing' ELSE a.state END,
-       deadline_at = CASE WHEN a.state = 'dialing' THEN u.deadline_at ELSE a.deadline_at END
-  FROM unnest($1::uuid[], $2::text[], $3::timestamptz[]) AS u(id, call_id, deadline_at)
- WHERE a.id = u.id;
+   SET provider_call_id = u.call_id
+  FROM unnest($1::uuid[], $2::text[]) AS u(id, call_id)
+ WHERE a.id = u.id AND a.provider_call_id IS NULL;
 
 -- name: mark_answered
 UPDATE dialer_attempt a

@@ -117,7 +117,7 @@ CREATE INDEX dialer_attempt_number_idx ON dialer_attempt (number_id);
 
 -- Claimed and finished rows churn constantly: vacuum them early so the hot indexes stay small.
 ALTER TABLE dialer_number SET (autovacuum_vacuum_scale_factor = 0.02, autovacuum_analyze_scale_factor = 0.02);
-ALTER TABLE dialer_attempt SET (autovacuum_vacuum_scale_factor = 0.05);
+ALTER TABLE dialer_attempt SET (autovacuum_vacuum_scale_factor = 0.05, fillfactor = 80);
 
 -- Wake idle workers at once when work appears (enqueue, resume) or capacity frees (an outcome).
 -- Statement-level, so a COPY of a million rows sends one notification, not a million.
@@ -218,7 +218,8 @@ BEGIN
             INSERT INTO dialer_attempt AS a
                    (id, number_id, campaign_id, attempt_no, worker_id, provider, state, claimed_at, deadline_at)
             SELECT gen_random_uuid(), t.id, c.id, t.dials, p_worker, c.provider, 'dialing', p_now,
-                   p_now + make_interval(secs => p_dial_timeout_seconds)
+                   -- Covers the start request and the ring: acceptance only records the call id.
+                   p_now + make_interval(secs => p_dial_timeout_seconds + c.ring_timeout_seconds)
               FROM taken t
             RETURNING a.id, a.number_id, a.attempt_no
         )

@@ -284,7 +284,7 @@ async def test_forged_malformed_and_unknown_callbacks_change_nothing(
         )[0] == 400
         unknown = orjson.dumps({"attempt_id": str(uuid.uuid4()), "status": "busy"})
         assert (await st.post_callback(unknown))[0] == 404
-        assert (await conn.fetchrow("SELECT state FROM dialer_attempt"))["state"] == "ringing"
+        assert (await conn.fetchrow("SELECT state FROM dialer_attempt"))["state"] == "dialing"
         status, payload = await st.post_callback(body)
         assert (status, payload["result"]) == (200, "applied")
         status, payload = await st.post_callback(body)
@@ -316,7 +316,7 @@ async def test_sweeper_reconciles_lost_callback_and_releases_unsent(
         st.clock.advance(2)
         ghost = await conn.fetch("SELECT * FROM dialer_claim($1, 10, $2, 5)", uuid.uuid4(), st.clock.now())
         assert len(ghost) == 1
-        for a in await conn.fetch("SELECT id FROM dialer_attempt WHERE state = 'ringing'"):
+        for a in await conn.fetch("SELECT id FROM dialer_attempt WHERE provider_call_id IS NOT NULL"):
             await st.sim.wait_ended(str(a["id"]))
         st.clock.advance(60)
         assert await st.worker.sweep() == 3
@@ -437,7 +437,7 @@ async def test_forged_callback_token_is_rejected(pool: asyncpg.Pool, conn: async
         url = st.callback_url
         st.callback_url = f"{url}?attempt={attempt['id']}&token={'0' * 32}"
         assert (await st.post_callback(body))[0] == 401
-        assert (await conn.fetchrow("SELECT state FROM dialer_attempt"))["state"] == "ringing"
+        assert (await conn.fetchrow("SELECT state FROM dialer_attempt"))["state"] == "dialing"
 
 
 async def test_queue_timeout_replaces_ring_timeout_for_human_worked_providers(
