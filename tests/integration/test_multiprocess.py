@@ -6,6 +6,7 @@ once" and "never dialed twice" are checked from the provider's side, not only fr
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import itertools
 import signal
@@ -218,6 +219,11 @@ async def test_sigterm_drains_and_releases_unsent_claims(dsn: str, conn: asyncpg
         with reap([worker]):
             await wait_ready([worker])
             await wait_until(conn, "SELECT count(*) >= 20 FROM dialer_attempt")
+            # Signal once a start request has reached the provider, so the drain has both kinds
+            # to handle: requests already sent and claims still waiting for the account limit.
+            async with asyncio.timeout(20):
+                while not any(e["response_status"] in (200, 201) for e in sim.log()):
+                    await asyncio.sleep(0.01)
             worker.signal(signal.SIGTERM)
             assert worker.proc.wait(timeout=15) == 0
 
