@@ -175,6 +175,19 @@ class HttpAdapter:
     def _error(self, kind: str) -> None:
         metrics.PROVIDER_ERRORS.labels(self.name, kind).inc()
 
+    def _transport_failure(self, exc: BaseException) -> StartError:
+        """Classify a start request that failed in transport, and count it.
+
+        Only a connection that never opened proves nothing was sent; a timeout or a reset after
+        that may have reached the provider. Messages carry type names only: aiohttp's exception
+        text can include the URL, and some providers put credentials in it.
+        """
+        if isinstance(exc, aiohttp.ClientConnectorError):
+            self._error("not_sent")
+            return StartError("not_sent", f"{self.name} unreachable: {type(exc.os_error).__name__}")
+        self._error("ambiguous")
+        return StartError("ambiguous", f"start request failed after sending: {type(exc).__name__}")
+
     async def throttle(self) -> None:
         if self._limiter is not None:
             await self._limiter.acquire()

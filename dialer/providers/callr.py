@@ -396,15 +396,8 @@ class CallrProvider(HttpAdapter):
         params = self.start_params(request)
         try:
             status, payload = await self._call("start_call", self._method, params)
-        except aiohttp.ClientConnectorError as exc:
-            # The TCP connection never opened: nothing was sent.
-            self._error("not_sent")
-            raise StartError("not_sent", f"CALLR unreachable: {exc.os_error}") from None
         except (TimeoutError, aiohttp.ClientError) as exc:
-            self._error("ambiguous")
-            raise StartError(
-                "ambiguous", f"start request failed after sending: {type(exc).__name__}"
-            ) from None
+            raise self._transport_failure(exc) from None
         if status in (401, 403):
             self._error("rejected")
             raise StartError(

@@ -701,16 +701,8 @@ class GenericHttpProvider(HttpAdapter):
         }
         try:
             status, payload = await self._send("start_call", self._config.start, values)
-        except aiohttp.ClientConnectorError:
-            # The TCP connection never opened: nothing was sent. (Exception text can hold the URL,
-            # and URLs can hold secrets: only type names go into messages.)
-            self._error("not_sent")
-            raise StartError("not_sent", "provider unreachable") from None
         except (TimeoutError, aiohttp.ClientError) as exc:
-            self._error("ambiguous")
-            raise StartError(
-                "ambiguous", f"start request failed after sending: {type(exc).__name__}"
-            ) from None
+            raise self._transport_failure(exc) from None
         body: Any = None
         try:
             body = _parse_body(payload, "auto", "") if payload else None

@@ -149,15 +149,8 @@ class SimulatedProvider(HttpAdapter):
             ) as resp:
                 payload = await resp.read()
                 status = resp.status
-        except aiohttp.ClientConnectorError as exc:
-            # The TCP connection never opened: nothing was sent.
-            self._error("not_sent")
-            raise StartError("not_sent", f"provider unreachable: {exc.os_error}") from None
         except (TimeoutError, aiohttp.ClientError) as exc:
-            self._error("ambiguous")
-            raise StartError(
-                "ambiguous", f"start request failed after sending: {type(exc).__name__}"
-            ) from None
+            raise self._transport_failure(exc) from None
         finally:
             self._latency_start.observe(time.perf_counter() - started)
         if status in (200, 201):
