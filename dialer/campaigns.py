@@ -4,20 +4,29 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeAlias
 
 import asyncpg
 
 from dialer.sql import Q
 from scheduler.hours import BusinessHours, HoursError
 
+Conn: TypeAlias = "asyncpg.Connection[asyncpg.Record] | asyncpg.pool.PoolConnectionProxy[asyncpg.Record]"
+
 _E164 = re.compile(r"^\+[1-9][0-9]{6,14}$")
 
 
 class CampaignError(ValueError):
-    pass
+    """A refused campaign change; `fields` maps each bad field to why, for API error pointers."""
+
+    def __init__(self, message: str, fields: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.fields = fields or {}
+
+
+_URL = re.compile(r"^https?://[^\s/?#@]+(?::\d{1,5})?(?:[/?#]\S*)?$")
 
 
 @dataclass(frozen=True)
@@ -35,22 +44,37 @@ class CampaignSpec:
     ends_at: dt.datetime | None = None
     time_zone: str = "UTC"
     business_hours: list[dict[str, Any]] | None = None
+    webhook_url: str | None = None
+    webhook_attempt_events: bool = False
 
     def validate(self) -> list[dict[str, Any]] | None:
         """Raise CampaignError naming every bad field; return the normalized business hours."""
-        errors: list[str] = []
+        fields: dict[str, str] = {}
+
+        def bad(field: str, why: str) -> None:
+            fields.setdefault(field, why)
 
         def rng(field: str, lo: int, hi: int) -> None:
             value = getattr(self, field)
             if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
-                errors.append(f"{field}: {value!r} must be an integer between {lo} and {hi}")
+                bad(field, f"{value!r} must be an integer between {lo} and {hi}")
 
         if not isinstance(self.name, str) or not 1 <= len(self.name) <= 200 or self.name.strip() != self.name:
-            errors.append(f"name: {self.name!r} must be 1-200 characters without surrounding spaces")
-        if not re.fullmatch(r"[a-z0-9_\-]{1,64}", self.provider or ""):
-            errors.append(f"provider: {self.provider!r} is not a provider name")
-        if self.caller_id is not None and not _E164.match(self.caller_id):
-            errors.append(f"caller_id: {self.caller_id!r} is not an E.164 number (+ and 7-15 digits)")
+            bad("name", f"{self.name!r} must be 1-200 characters without surrounding spaces")
+        if not isinstance(self.provider, str) or not re.fullmatch(r"[a-z0-9_\-]{1,64}", self.provider):
+            bad("provider", f"{self.provider!r} is not a provider name")
+        if self.caller_id is not None and not (
+            isinstance(self.caller_id, str) and _E164.match(self.caller_id)
+        ):
+            bad("caller_id", f"{self.caller_id!r} is not an E.164 number (+ and 7-15 digits)")
+        if self.webhook_url is not None and not (
+            isinstance(self.webhook_url, str)
+            and len(self.webhook_url) <= 2000
+            and _URL.match(self.webhook_url)
+        ):
+            bad("webhook_url", f"{self.webhook_url!r} is not an http(s) URL without credentials")
+        if not isinstance(self.webhook_attempt_events, bool):
+            bad("webhook_attempt_events", "must be true or false")
         rng("ring_timeout_seconds", 5, 300)
         rng("retry_wait_seconds", 0, 30 * 86400)
         rng("max_retries", 0, 100)
@@ -59,24 +83,31 @@ class CampaignSpec:
         rng("max_call_duration_seconds", 10, 86400)
         for field in ("starts_at", "ends_at"):
             value = getattr(self, field)
-            if value is not None and value.tzinfo is None:
-                errors.append(f"{field}: {value.isoformat()} needs a UTC offset")
+            if value is not None and (not isinstance(value, dt.datetime) or value.tzinfo is None):
+                bad(field, f"{value!r} needs to be a datetime with a UTC offset")
         if (
-            self.starts_at
-            and self.ends_at
+            isinstance(self.starts_at, dt.datetime)
+            and isinstance(self.ends_at, dt.datetime)
             and self.starts_at.tzinfo
             and self.ends_at.tzinfo
             and self.ends_at <= self.starts_at
         ):
-            errors.append("ends_at: must be after starts_at")
+            bad("ends_at", "must be after starts_at")
         hours: list[dict[str, Any]] | None = None
-        try:
-            parsed = BusinessHours.parse(self.business_hours, self.time_zone)
-            hours = None if self.business_hours is None else list(parsed.to_json())
-        except HoursError as exc:
-            errors.append(str(exc) if "time zone" in str(exc) else f"business_hours: {exc}")
-        if errors:
-            raise CampaignError("invalid campaign:\n  " + "\n  ".join(errors))
+        if not isinstance(self.time_zone, str):
+            bad("time_zone", f"{self.time_zone!r} is not an IANA time zone name")
+        else:
+            try:
+                parsed = BusinessHours.parse(self.business_hours, self.time_zone)
+                hours = None if self.business_hours is None else list(parsed.to_json())
+            except HoursError as exc:
+                if "time zone" in str(exc):
+                    bad("time_zone", str(exc))
+                else:
+                    bad("business_hours", str(exc))
+        if fields:
+            lines = [why if field == "time_zone" else f"{field}: {why}" for field, why in fields.items()]
+            raise CampaignError("invalid campaign:\n  " + "\n  ".join(lines), fields)
         return hours
 
 
@@ -90,7 +121,7 @@ _TRANSITIONS: dict[str, tuple[str, ...]] = {
 _TARGET = {"start": "running", "pause": "paused", "resume": "running", "stop": "stopped"}
 
 
-async def create(conn: asyncpg.Connection, spec: CampaignSpec, now: dt.datetime) -> asyncpg.Record:
+async def create(conn: Conn, spec: CampaignSpec, now: dt.datetime) -> asyncpg.Record:
     hours = spec.validate()
     try:
         row: asyncpg.Record | None = await conn.fetchrow(
@@ -109,6 +140,8 @@ async def create(conn: asyncpg.Connection, spec: CampaignSpec, now: dt.datetime)
             spec.time_zone,
             hours,
             now,
+            spec.webhook_url,
+            spec.webhook_attempt_events,
         )
     except asyncpg.UniqueViolationError:
         raise CampaignError(f"a campaign named {spec.name!r} already exists") from None
@@ -116,7 +149,7 @@ async def create(conn: asyncpg.Connection, spec: CampaignSpec, now: dt.datetime)
     return row
 
 
-async def get(conn: asyncpg.Connection, name: str) -> asyncpg.Record:
+async def get(conn: Conn, name: str) -> asyncpg.Record:
     row: asyncpg.Record | None = await conn.fetchrow(Q.campaign_by_name, name)
     if row is None:
         raise CampaignError(f"no campaign named {name!r}")
@@ -124,7 +157,7 @@ async def get(conn: asyncpg.Connection, name: str) -> asyncpg.Record:
 
 
 async def transition(
-    conn: asyncpg.Connection, name: str, action: str, now: dt.datetime, reason: str | None = None
+    conn: Conn, name: str, action: str, now: dt.datetime, reason: str | None = None
 ) -> asyncpg.Record:
     if action not in _TRANSITIONS:
         raise CampaignError(f"unknown action {action!r}")
@@ -137,7 +170,7 @@ async def transition(
     return row
 
 
-async def summary(conn: asyncpg.Connection, name: str) -> dict[str, Any]:
+async def summary(conn: Conn, name: str) -> dict[str, Any]:
     row = await get(conn, name)
     numbers = {r["status"]: r["n"] for r in await conn.fetch(Q.campaign_counts, row["id"])}
     attempts = {r["outcome"]: r["n"] for r in await conn.fetch(Q.campaign_attempt_counts, row["id"])}
@@ -164,7 +197,7 @@ class NumberRow:
 
 
 async def enqueue(
-    conn: asyncpg.Connection,
+    conn: Conn,
     campaign_id: int,
     rows: Iterable[NumberRow],
     now: dt.datetime,
@@ -175,10 +208,21 @@ async def enqueue(
 
     Duplicates (in the batch or already queued) are skipped, so loading a file twice adds nothing.
     """
-    added = 0
+
+    async def batches() -> AsyncIterator[list[NumberRow]]:
+        for batch in _chunks(rows, chunk):
+            yield batch
+
+    return await enqueue_batches(conn, campaign_id, batches(), now)
+
+
+async def enqueue_batches(
+    conn: Conn, campaign_id: int, batches: AsyncIterable[list[NumberRow]], now: dt.datetime
+) -> int:
+    """`enqueue` fed batch by batch, so a caller can parse the next batch off the event loop."""
     async with conn.transaction():
         await conn.execute(Q.stage_create)
-        for batch in _chunks(rows, chunk):
+        async for batch in batches:
             await conn.copy_records_to_table(
                 "dialer_stage",
                 records=[(r.line, r.phone, r.caller_id, r.dtmf, r.priority, r.payload) for r in batch],

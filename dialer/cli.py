@@ -122,6 +122,49 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_api(args: argparse.Namespace) -> int:
+    from dialer.runtime import database, install_uvloop, migrate, run_api
+
+    settings = _settings(args)
+    install_uvloop()
+
+    async def go() -> None:
+        async with database(settings) as dsn:
+            if not settings.database_url:
+                await migrate(dsn)
+            await run_api(settings, dsn=dsn)
+
+    asyncio.run(go())
+    return 0
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    """API tokens: only a hash is stored, so a new token is shown once, here."""
+    from dialer.api import hash_token, new_token
+
+    settings = _settings(args)
+    now = SystemClock().now()
+
+    async def go(conn: Any) -> Any:
+        if args.action == "create":
+            token = new_token()
+            try:
+                row = await conn.fetchrow(Q.api_token_insert, args.name, hash_token(token), now)
+            except Exception as exc:  # asyncpg.UniqueViolationError, without importing asyncpg here
+                if type(exc).__name__ == "UniqueViolationError":
+                    raise campaigns.CampaignError(f"a token named {args.name!r} already exists") from None
+                raise
+            return {"name": row["name"], "token": token, "created_at": row["created_at"]}
+        if args.action == "revoke":
+            if await conn.fetchval(Q.api_token_revoke, args.name, now) is None:
+                raise campaigns.CampaignError(f"no active token named {args.name!r}")
+            return {"name": args.name, "revoked_at": now}
+        return [dict(r) for r in await conn.fetch(Q.api_token_list)]
+
+    _print(asyncio.run(_with_conn(settings, go)))
+    return 0
+
+
 def cmd_campaign(args: argparse.Namespace) -> int:
     settings = _settings(args)
     now = SystemClock().now()
@@ -271,6 +314,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("worker", help="run a dialing worker (settings from DIALER_* variables)").set_defaults(
         fn=cmd_worker
     )
+
+    sub.add_parser("api", help="serve the upstream HTTP API on DIALER_API_PORT").set_defaults(fn=cmd_api)
+    t = sub.add_parser("token", help="create, list or revoke API tokens (prints JSON)")
+    tsub = t.add_subparsers(dest="action", required=True)
+    tsub.add_parser("create", help="create a token (shown once)").add_argument("name")
+    tsub.add_parser("revoke").add_argument("name")
+    tsub.add_parser("list")
+    t.set_defaults(fn=cmd_token)
 
     c = sub.add_parser("campaign", help="manage campaigns (prints JSON)")
     csub = c.add_subparsers(dest="action", required=True)

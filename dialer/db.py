@@ -69,9 +69,35 @@ async def migrate(conn: asyncpg.Connection) -> list[str]:
                 await conn.execute("INSERT INTO dialer_schema_migrations (version) VALUES ($1)", version)
             applied.append(version)
             log.info("applied migration %s", version)
+        await _sync_phone_rules(conn)
     finally:
         await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)
     return applied
+
+
+async def _sync_phone_rules(conn: asyncpg.Connection) -> None:
+    """Refresh dialer_phone_rule when the installed phonenumbers differs from the one that wrote it,
+    so SQL callers of dialer_enqueue() validate exactly as the Python ingest path does."""
+    import phonenumbers
+
+    from dialer.ingest import sql_phone_rules
+
+    version = f"phonenumbers {phonenumbers.__version__}"
+    if await conn.fetchval("SELECT value FROM dialer_meta WHERE key = 'phone_rules'") == version:
+        return
+    async with conn.transaction():
+        await conn.execute("DELETE FROM dialer_phone_rule")
+        await conn.copy_records_to_table(
+            "dialer_phone_rule",
+            records=sql_phone_rules(),
+            columns=["calling_code", "ordinal", "region", "leading_digits", "nsn_length", "pattern"],
+        )
+        await conn.execute(
+            "INSERT INTO dialer_meta (key, value) VALUES ('phone_rules', $1)"
+            " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            version,
+        )
+    log.info("phone validation rules refreshed (%s)", version)
 
 
 class EmbeddedPostgres:

@@ -92,6 +92,8 @@ _LENGTH_ERRORS = {
     ValidationResult.IS_POSSIBLE_LOCAL_ONLY: "too short (a local number without its area code)",
     ValidationResult.INVALID_COUNTRY_CODE: "unknown country code",
 }
+# Python and Postgres spell "end of string" differently; the pattern sources carry this marker.
+_END = "\x00END\x00"
 # phonenumbers bounds the national significant number to 2..17 digits before validating.
 _NSN_LENGTHS = range(2, 18)
 
@@ -122,10 +124,15 @@ def _compile_region(md: PhoneMetadata) -> dict[int, re.Pattern[str]]:
     possible lengths; fixing the length lets all of that fold into a single regex whose
     lookahead is the general pattern and whose alternation is the applicable types.
     """
+    return {length: re.compile(source.replace(_END, r"\Z")) for length, source in _region_sources(md).items()}
+
+
+def _region_sources(md: PhoneMetadata) -> dict[int, str]:
+    """The patterns of `_compile_region` as source text, with `_END` where the end anchor goes."""
     general = md.general_desc
     if general is None or not general.national_number_pattern:
         return {}
-    compiled: dict[int, re.Pattern[str]] = {}
+    compiled: dict[int, str] = {}
     for length in _NSN_LENGTHS:
         if general.possible_length and length not in general.possible_length:
             continue
@@ -137,10 +144,30 @@ def _compile_region(md: PhoneMetadata) -> dict[int, re.Pattern[str]]:
             and (not desc.possible_length or length in desc.possible_length)
         ]
         if alternatives:
-            compiled[length] = re.compile(
-                rf"(?=(?:{general.national_number_pattern})\Z)(?:{'|'.join(alternatives)})"
-            )
+            compiled[length] = f"(?=(?:{general.national_number_pattern}){_END})(?:{'|'.join(alternatives)})"
     return compiled
+
+
+def sql_phone_rules() -> list[tuple[str, int, str, str | None, int, str | None]]:
+    """Rows of ``dialer_phone_rule``: the fast path's rules for Postgres' regex dialect.
+
+    (calling code, region order, region, leading digits, national number length, pattern). A
+    region with leading digits but no valid length still gets a row (length 0): it owns those
+    numbers, which are then invalid, exactly as `_Country.region_if_valid` decides.
+    """
+    rows: list[tuple[str, int, str, str | None, int, str | None]] = []
+    for code, region_codes in sorted(phonenumbers.COUNTRY_CODE_TO_REGION_CODE.items()):
+        for ordinal, region in enumerate(region_codes):
+            md = PhoneMetadata.metadata_for_region_or_calling_code(code, region)
+            if md is None:
+                continue
+            sources = _region_sources(md)
+            leading = md.leading_digits or None
+            if not sources:
+                rows.append((str(code), ordinal, region, leading, 0, None))
+            for length, source in sorted(sources.items()):
+                rows.append((str(code), ordinal, region, leading, length, source.replace(_END, "$")))
+    return rows
 
 
 class _Country:

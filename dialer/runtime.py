@@ -78,6 +78,34 @@ async def run_worker(
     return worker
 
 
+async def run_api(
+    settings: Settings, *, dsn: str, stop: asyncio.Event | None = None, clock: Clock | None = None
+) -> None:
+    """Serve the upstream API until `stop` (or SIGTERM/SIGINT)."""
+    from dialer.api import Api
+    from dialer.api import make_app as make_api_app
+
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    pool = await db.create_pool(dsn, size=settings.db_pool_size)
+    accounts = frozenset(a.name for a in providers.load_accounts(settings))
+    runner = web.AppRunner(
+        make_api_app(Api(settings, pool, clock or SystemClock(), accounts)), access_log=None
+    )
+    await runner.setup()
+    site = web.TCPSite(runner, settings.http_host, settings.api_port, shutdown_timeout=5.0)
+    await site.start()
+    log.info("API serving on %s:%s", settings.http_host, settings.api_port)
+    try:
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+        await pool.close()
+
+
 async def migrate(dsn: str) -> list[str]:
     conn = await asyncpg.connect(dsn)
     try:

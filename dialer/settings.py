@@ -166,6 +166,36 @@ class Settings:
         default=200,
         metadata={"doc": "Distinct campaign label values; further campaigns are reported as 'other'."},
     )
+    api_port: int = field(
+        default=8081,
+        metadata={
+            "doc": "Port of the upstream API server (`dialer api`): /v1, /openapi.json, /metrics, health."
+        },
+    )
+    api_max_body_bytes: int = field(
+        default=64 * 1024 * 1024,
+        metadata={"doc": "Largest API request body (file uploads included); larger ones get 413."},
+    )
+    webhook_secret: Secret = field(
+        default_factory=lambda: Secret(""),
+        metadata={
+            "doc": "HMAC-SHA256 key that signs outcome webhooks (X-Dialer-Signature). Required to deliver."
+        },
+    )
+    webhook_timeout_seconds: float = field(
+        default=10.0, metadata={"doc": "Timeout of one webhook POST; a timeout is retried."}
+    )
+    webhook_max_attempts: int = field(
+        default=12, metadata={"doc": "Deliveries tried per event before it is given up (kept in the log)."}
+    )
+    webhook_backoff_seconds: float = field(
+        default=5.0,
+        metadata={"doc": "First retry delay of a failed webhook; doubles per attempt, capped at one hour."},
+    )
+    webhook_concurrency: int = field(
+        default=20,
+        metadata={"doc": "Webhook POSTs in flight per worker (0 disables delivery in this process)."},
+    )
     log_level: str = field(default="INFO", metadata={"doc": "Python logging level."})
 
     def __post_init__(self) -> None:
@@ -203,6 +233,12 @@ class Settings:
         need(self.circuit_failure_threshold >= 1, "circuit_failure_threshold", "must be >= 1")
         need(self.circuit_cooldown_seconds > 0, "circuit_cooldown_seconds", "must be > 0")
         need(self.metrics_max_campaigns >= 1, "metrics_max_campaigns", "must be >= 1")
+        need(0 <= self.api_port <= 65535, "api_port", "must be a TCP port (0-65535)")
+        need(self.api_max_body_bytes >= 1024, "api_max_body_bytes", "must be >= 1024")
+        need(self.webhook_timeout_seconds > 0, "webhook_timeout_seconds", "must be > 0")
+        need(1 <= self.webhook_max_attempts <= 100, "webhook_max_attempts", "must be between 1 and 100")
+        need(self.webhook_backoff_seconds > 0, "webhook_backoff_seconds", "must be > 0")
+        need(0 <= self.webhook_concurrency <= 1000, "webhook_concurrency", "must be between 0 and 1000")
         need(
             self.log_level.upper() in {"DEBUG", "INFO", "WARNING", "ERROR"},
             "log_level",

@@ -21,6 +21,7 @@ from typing import Any, TypeAlias
 import asyncpg
 
 import metrics
+from dialer import webhooks
 from dialer.breaker import CircuitBreaker
 from dialer.clock import Clock
 from dialer.providers.base import (
@@ -97,6 +98,7 @@ class Worker:
         self._flush_lock = asyncio.Lock()
         self._listener: asyncpg.pool.PoolConnectionProxy[asyncpg.Record] | None = None
         self._callback_base = settings.callback_base_url + "/callbacks/"
+        self.webhooks: webhooks.WebhookDeliverer | None = None
         self._token_secret = settings.callback_secret.get().encode()
         self.breakers = {
             name: CircuitBreaker(
@@ -131,6 +133,10 @@ class Worker:
                 self._periodic(self.settings.stats_interval_seconds, self.refresh_stats), name="stats"
             ),
         ]
+        # Bounded by its own concurrency and HTTP session, off the dial slots; None when off here.
+        self.webhooks = webhooks.create_deliverer(self.settings, self.pool, self.clock)
+        if self.webhooks is not None:
+            side.append(asyncio.create_task(self.webhooks.run(), name="webhooks"))
         claimer = asyncio.create_task(self._claim_loop(), name="claimer")
         stopper = asyncio.create_task(stop.wait(), name="stop")
         self.ready = True
@@ -158,6 +164,9 @@ class Worker:
         self._stopping = True
         self._wake.set()
         self._slots_free.set()
+        grace_ends = time.monotonic() + self.settings.shutdown_grace_seconds
+        if self.webhooks is not None:
+            self.webhooks.stop()  # takes no more events; its POSTs in flight finish below
         # A claimer that died is already reported by run(); here it must not cut the drain short,
         # or the side tasks and the LISTEN connection would keep the process alive forever.
         await asyncio.gather(claimer, return_exceptions=True)
@@ -171,6 +180,11 @@ class Worker:
                     task.cancel()
                 if still:
                     await asyncio.wait(still)
+            # Webhook POSTs drained alongside, within the same grace; past it, cancelling the
+            # deliverer releases the leases of those still unfinished.
+            hooks = [task for task in side if task.get_name() == "webhooks"]
+            if hooks:
+                await asyncio.wait(hooks, timeout=max(0.0, grace_ends - time.monotonic()))
             await self.flush()
             if close_http is not None:
                 await close_http()
@@ -592,6 +606,7 @@ class Worker:
         now = self.clock.now()
         async with self.pool.acquire() as conn:
             rows = await conn.fetch(Q.backlog_stats, now)
+            await webhooks.refresh_gauges(conn)
         metrics.HELD_BACK.clear()
         for r in rows:
             label = self.labels(r["name"])

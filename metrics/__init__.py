@@ -118,6 +118,70 @@ INFLIGHT_REQUESTS = Gauge(
 WORKERS = Gauge("dialer_workers", "Workers with a recent heartbeat (all pods).", registry=REGISTRY)
 DRAINING = Gauge("dialer_draining", "1 while this worker drains after SIGTERM.", registry=REGISTRY)
 
+WEBHOOK_DELIVERIES = Counter(
+    "dialer_webhook_deliveries",
+    "Outcome webhook delivery attempts, by result (delivered, retry, gave_up).",
+    ["result"],
+    registry=REGISTRY,
+)
+WEBHOOK_DELIVERY_SECONDS = Histogram(
+    "dialer_webhook_delivery_seconds",
+    "Latency of one webhook POST to an upstream system.",
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+WEBHOOK_BACKLOG = Gauge(
+    "dialer_webhook_backlog", "Webhook events not yet delivered (all workers).", registry=REGISTRY
+)
+WEBHOOK_OLDEST_PENDING = Gauge(
+    "dialer_webhook_oldest_pending_timestamp_seconds",
+    "Unix time at which the oldest undelivered webhook event was created (0 when none is pending).",
+    registry=REGISTRY,
+)
+API_REQUESTS = Counter(
+    "dialer_api_requests",
+    "Upstream API requests, by route template, method and status code.",
+    ["route", "method", "status"],
+    registry=REGISTRY,
+)
+API_REQUEST_SECONDS = Histogram(
+    "dialer_api_request_seconds",
+    "Upstream API request latency, by route template.",
+    ["route"],
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+DIAL_RATIO = Gauge(
+    "dialer_dial_ratio",
+    "Lines the pacing controller dials per available agent (1 for progressive, 0 when agentless).",
+    ["campaign"],
+    registry=REGISTRY,
+)
+HIT_RATE = Gauge(
+    "dialer_hit_rate",
+    "Answer (hit) rate per campaign: the controller's estimate and the observed rate.",
+    ["campaign", "kind"],
+    registry=REGISTRY,
+)
+ABANDON_RATE = Gauge(
+    "dialer_abandon_rate",
+    "Share of answered calls abandoned (no agent free in time), over a rolling 24 h and the campaign's lifetime.",
+    ["campaign", "window"],
+    registry=REGISTRY,
+)
+AGENTS = Gauge(
+    "dialer_agents",
+    "Agents of a campaign by state (free, busy).",
+    ["campaign", "state"],
+    registry=REGISTRY,
+)
+AGENT_OCCUPANCY = Gauge(
+    "dialer_agent_occupancy",
+    "Share of logged-in agent time spent on calls, over the controller's window.",
+    ["campaign"],
+    registry=REGISTRY,
+)
+
 OTHER = "other"
 
 

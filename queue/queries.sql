@@ -102,8 +102,9 @@ DELETE FROM dialer_worker WHERE heartbeat_at < $1::timestamptz;
 -- name: campaign_insert
 INSERT INTO dialer_campaign (name, provider, caller_id, ring_timeout_seconds, retry_wait_seconds, max_retries,
                              max_concurrent_calls, max_calls_per_second, max_call_duration_seconds,
-                             starts_at, ends_at, time_zone, business_hours, created_at, updated_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $14)
+                             starts_at, ends_at, time_zone, business_hours, created_at, updated_at,
+                             webhook_url, webhook_attempt_events)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $14, $15, $16)
 RETURNING *;
 
 -- name: campaign_by_name
@@ -178,3 +179,267 @@ UPDATE dialer_campaign
        window_opens_at = NULL, window_closes_at = NULL
  WHERE provider = $1 AND status = 'running'
 RETURNING name;
+
+-- ==== webhooks: outbox delivery ====
+
+-- name: webhook_claim
+-- Due events, oldest due first, taken and leased in one statement. The lease is the due time
+-- pushed past the POST's timeout: concurrent deliverers skip these rows while this statement
+-- holds their locks, and find them not due once it commits (a row taken meanwhile is re-checked
+-- against its new due time). An event whose deliverer dies comes due again when the lease ends.
+-- The URL is the campaign's current one, read at every try; an event whose campaign no longer has
+-- one is given up here.
+WITH due AS (
+    SELECT e.id
+      FROM dialer_webhook_event e
+     WHERE e.delivered_at IS NULL AND e.gave_up_at IS NULL AND e.next_attempt_at <= $2::timestamptz
+     ORDER BY e.next_attempt_at
+     LIMIT $1::integer
+       FOR UPDATE SKIP LOCKED
+)
+UPDATE dialer_webhook_event e
+   SET next_attempt_at = $2::timestamptz + make_interval(secs => $3::double precision),
+       attempts = e.attempts + (c.webhook_url IS NOT NULL)::int,
+       gave_up_at = CASE WHEN c.webhook_url IS NULL THEN $2::timestamptz END,
+       last_error = CASE WHEN c.webhook_url IS NULL THEN 'webhook_url removed' ELSE e.last_error END
+  FROM due, dialer_campaign c
+ WHERE e.id = due.id AND c.id = e.campaign_id
+RETURNING e.id, e.campaign_id, e.type, e.payload, e.created_at, e.attempts, c.webhook_url AS url;
+
+-- name: webhook_record
+-- The results of a batch of tries: one delivery-log row each, and the event's new state. A try
+-- whose lease ran out and whose event another deliverer has taken since (attempts moved on) is
+-- logged but does not overwrite the newer try's state, unless it delivered: then it is done.
+WITH r AS (
+    SELECT *
+      FROM unnest($1::uuid[], $2::integer[], $3::timestamptz[], $4::integer[], $5::text[],
+                  $6::double precision[], $7::text[], $8::timestamptz[])
+           AS r(id, attempts, attempted_at, status_code, error, duration, result, next_attempt_at)
+), logged AS (
+    INSERT INTO dialer_webhook_delivery (event_id, attempted_at, status_code, error, duration_seconds)
+    SELECT r.id, r.attempted_at, r.status_code, r.error, r.duration FROM r
+)
+UPDATE dialer_webhook_event e
+   SET delivered_at = CASE WHEN r.result = 'delivered' THEN $9::timestamptz END,
+       gave_up_at = CASE WHEN r.result = 'gave_up' THEN $9::timestamptz END,
+       next_attempt_at = CASE WHEN r.result = 'retry' THEN r.next_attempt_at ELSE e.next_attempt_at END,
+       last_status = r.status_code,
+       last_error = r.error
+  FROM r
+ WHERE e.id = r.id AND e.delivered_at IS NULL AND e.gave_up_at IS NULL
+   AND (e.attempts = r.attempts OR r.result = 'delivered');
+
+-- name: webhook_release
+-- Tries the drain cut short: due again now, and not counted (their result is unknown). Only
+-- while the lease is still ours: attempts unchanged since we took the event.
+UPDATE dialer_webhook_event e
+   SET next_attempt_at = $3::timestamptz, attempts = e.attempts - 1
+  FROM unnest($1::uuid[], $2::integer[]) AS r(id, attempts)
+ WHERE e.id = r.id AND e.attempts = r.attempts AND e.delivered_at IS NULL AND e.gave_up_at IS NULL;
+
+-- name: webhook_backlog
+-- Whole-database gauges: undelivered events and the creation time of the oldest (partial index).
+SELECT count(*) AS pending, min(created_at) AS oldest
+  FROM dialer_webhook_event
+ WHERE delivered_at IS NULL AND gave_up_at IS NULL;
+
+-- name: webhook_deliveries_of_event
+-- The delivery log of one event, in the order tried.
+SELECT d.id, d.event_id, d.attempted_at, d.status_code, d.error, d.duration_seconds
+  FROM dialer_webhook_delivery d
+ WHERE d.event_id = $1::uuid
+ ORDER BY d.attempted_at, d.id;
+
+-- name: webhook_redeliver
+-- An operator's retry of a given-up event (the receiver is fixed): pending again, due now, with
+-- a fresh try budget. Its earlier tries stay in the log. A delivered event is left alone.
+UPDATE dialer_webhook_event
+   SET gave_up_at = NULL, attempts = 0, next_attempt_at = $2::timestamptz, last_error = NULL
+ WHERE id = $1::uuid AND gave_up_at IS NOT NULL
+RETURNING id;
+
+-- ==== upstream API ====
+
+-- name: api_token_lookup
+SELECT id, name, last_used_at FROM dialer_api_token WHERE token_hash = $1 AND revoked_at IS NULL;
+
+-- name: api_token_touch
+UPDATE dialer_api_token SET last_used_at = $2 WHERE id = $1;
+
+-- name: api_token_insert
+INSERT INTO dialer_api_token (name, token_hash, created_at) VALUES ($1, $2, $3)
+RETURNING id, name, created_at;
+
+-- name: api_token_list
+SELECT id, name, created_at, last_used_at, revoked_at FROM dialer_api_token ORDER BY id;
+
+-- name: api_token_revoke
+UPDATE dialer_api_token SET revoked_at = $2 WHERE name = $1 AND revoked_at IS NULL RETURNING id;
+
+-- name: api_campaign_page
+-- Filters are parameters, never SQL text: NULL means "not filtered".
+SELECT c.*, count(*) OVER () AS total
+  FROM dialer_campaign c
+ WHERE ($1::text IS NULL OR c.name = $1) AND ($2::text IS NULL OR c.status = $2)
+ ORDER BY c.id
+ LIMIT $3 OFFSET $4;
+
+-- name: api_campaign_by_id
+SELECT * FROM dialer_campaign WHERE id = $1;
+
+-- name: api_campaign_update
+-- A change of hours or zone clears the window, so the next maintenance tick recomputes it.
+UPDATE dialer_campaign
+   SET name = $2, provider = $3, caller_id = $4, ring_timeout_seconds = $5, retry_wait_seconds = $6,
+       max_retries = $7, max_concurrent_calls = $8, max_calls_per_second = $9,
+       max_call_duration_seconds = $10, starts_at = $11, ends_at = $12, time_zone = $13,
+       business_hours = $14, webhook_url = $15, webhook_attempt_events = $16, updated_at = $17,
+       window_opens_at = CASE WHEN time_zone IS DISTINCT FROM $13 OR business_hours IS DISTINCT FROM $14
+                              THEN NULL ELSE window_opens_at END,
+       window_closes_at = CASE WHEN time_zone IS DISTINCT FROM $13 OR business_hours IS DISTINCT FROM $14
+                               THEN NULL ELSE window_closes_at END
+ WHERE id = $1
+RETURNING *;
+
+-- name: api_campaign_delete
+-- Only a campaign that cannot be dialing: running and paused ones must be stopped first.
+DELETE FROM dialer_campaign c
+ WHERE c.id = $1 AND c.status IN ('created', 'stopped', 'finished')
+   AND NOT EXISTS (SELECT 1 FROM dialer_attempt a WHERE a.campaign_id = c.id AND a.state <> 'ended')
+RETURNING c.id;
+
+-- name: api_campaign_status
+SELECT
+    (SELECT count(*) FROM dialer_number n WHERE n.campaign_id = $1) AS items_total,
+    (SELECT count(*) FROM dialer_number n
+      WHERE n.campaign_id = $1 AND n.status IN ('completed', 'failed', 'dnc')) AS items_done,
+    (SELECT count(*) FROM dialer_attempt a WHERE a.campaign_id = $1) AS calls,
+    (SELECT count(*) FROM dialer_attempt a WHERE a.campaign_id = $1 AND a.state <> 'ended') AS active_calls,
+    (SELECT count(*) FROM dialer_attempt a
+      WHERE a.campaign_id = $1 AND a.outcome IN ('answered_human', 'answered_machine', 'answered_fax'))
+        AS answered,
+    (SELECT avg(a.billsec)::double precision FROM dialer_attempt a
+      WHERE a.campaign_id = $1 AND a.outcome IN ('answered_human', 'answered_machine', 'answered_fax'))
+        AS average_call_seconds;
+
+-- name: api_campaign_numbers_by_status
+SELECT status, count(*)::bigint AS n FROM dialer_number WHERE campaign_id = $1 GROUP BY status;
+
+-- name: api_campaign_outcomes
+SELECT outcome, decision, count(*)::bigint AS n
+  FROM dialer_attempt WHERE campaign_id = $1 AND state = 'ended' GROUP BY outcome, decision;
+
+-- name: api_number_page
+SELECT n.*, count(*) OVER () AS total
+  FROM dialer_number n
+ WHERE n.campaign_id = $1
+   AND ($2::text[] IS NULL OR n.status = ANY ($2::text[]))
+   AND ($3::text IS NULL OR n.phone = $3)
+   AND ($4::boolean IS NULL OR (n.last_outcome IS NOT DISTINCT FROM 'answered_machine') = $4)
+ ORDER BY n.id
+ LIMIT $5 OFFSET $6;
+
+-- name: api_number_by_id
+SELECT * FROM dialer_number WHERE id = $1;
+
+-- name: api_number_attempts
+SELECT a.*, n.phone FROM dialer_attempt a JOIN dialer_number n ON n.id = a.number_id
+ WHERE a.number_id = $1 ORDER BY a.attempt_no, a.claimed_at;
+
+-- name: api_number_delete
+-- Only a number never dialed: once a call was placed, its CDRs are kept.
+DELETE FROM dialer_number WHERE id = $1 AND dials = 0 AND status = 'untried' RETURNING id;
+
+-- name: api_enqueue
+SELECT dialer_enqueue($1::text, $2::jsonb, $3::text, $4::timestamptz) AS result;
+
+-- name: api_request_claim
+INSERT INTO dialer_api_request (scope, client_token, request_hash, response, created_at)
+VALUES ($1, $2, $3, 'null'::jsonb, $4)
+ON CONFLICT DO NOTHING
+RETURNING scope;
+
+-- name: api_request_get
+SELECT request_hash, response FROM dialer_api_request WHERE scope = $1 AND client_token = $2;
+
+-- name: api_request_store
+UPDATE dialer_api_request SET response = $3 WHERE scope = $1 AND client_token = $2;
+
+-- name: api_suppression_page
+SELECT s.*, count(*) OVER () AS total
+  FROM dialer_suppression s
+ WHERE ($1::text IS NULL OR s.phone = $1)
+   AND ($2::bigint IS NULL OR s.campaign_id = $2)
+   AND ($3::boolean IS NULL OR (s.campaign_id IS NULL) = $3)
+ ORDER BY s.id
+ LIMIT $4 OFFSET $5;
+
+-- name: api_suppression_insert
+-- Adding what is already there returns the existing entry: suppression is idempotent.
+WITH new AS (
+    INSERT INTO dialer_suppression (phone, campaign_id, reason, source, created_at)
+    SELECT u.phone, $2::bigint, $3::text, 'api', $4::timestamptz FROM unnest($1::text[]) AS u(phone)
+    ON CONFLICT DO NOTHING
+    RETURNING *
+)
+SELECT new.*, true AS created FROM new
+UNION ALL
+SELECT s.*, false FROM dialer_suppression s
+ WHERE s.phone = ANY ($1::text[]) AND s.campaign_id IS NOT DISTINCT FROM $2::bigint
+   AND NOT EXISTS (SELECT 1 FROM new WHERE new.phone = s.phone);
+
+-- name: api_suppression_by_id
+SELECT * FROM dialer_suppression WHERE id = $1;
+
+-- name: api_suppression_delete
+DELETE FROM dialer_suppression WHERE id = $1 RETURNING id;
+
+-- name: api_suppression_check
+SELECT * FROM dialer_suppression
+ WHERE phone = $1 AND (campaign_id IS NULL OR campaign_id = $2::bigint)
+ ORDER BY campaign_id NULLS FIRST;
+
+-- name: api_call_page
+SELECT a.*, n.phone, count(*) OVER () AS total
+  FROM dialer_attempt a JOIN dialer_number n ON n.id = a.number_id
+ WHERE ($1::bigint IS NULL OR a.campaign_id = $1)
+   AND ($2::text IS NULL OR a.state = $2 OR a.outcome = $2)
+   AND ($3::text IS NULL OR n.phone = $3)
+   AND ($4::double precision IS NULL OR a.duration_seconds >= $4)
+   AND ($5::double precision IS NULL OR a.duration_seconds <= $5)
+   AND ($6::timestamptz IS NULL OR a.claimed_at >= $6)
+   AND ($7::timestamptz IS NULL OR a.claimed_at < $7)
+ ORDER BY a.claimed_at, a.id
+ LIMIT $8 OFFSET $9;
+
+-- name: api_call_by_id
+SELECT a.*, n.phone FROM dialer_attempt a JOIN dialer_number n ON n.id = a.number_id WHERE a.id = $1;
+
+-- name: api_cdr
+-- The CDR export (Paycall `cdr_by_campaign` columns), read through a cursor: constant memory.
+SELECT coalesce(n.caller_id, c.caller_id, '') AS cli, n.phone, a.claimed_at, a.answered_at, a.ended_at,
+       a.billsec, a.outcome, a.raw_cause, a.id, a.campaign_id, n.dtmf
+  FROM dialer_attempt a
+  JOIN dialer_number n ON n.id = a.number_id
+  JOIN dialer_campaign c ON c.id = a.campaign_id
+ WHERE ($1::bigint IS NULL OR a.campaign_id = $1) AND ($2::text IS NULL OR n.phone = $2)
+   AND a.state = 'ended'
+ ORDER BY a.campaign_id, a.claimed_at, a.id;
+
+-- name: api_webhook_event_page
+SELECT e.*, count(*) OVER () AS total,
+       (SELECT coalesce(jsonb_agg(jsonb_build_object(
+                   'attempted_at', d.attempted_at, 'status_code', d.status_code, 'error', d.error,
+                   'duration_seconds', d.duration_seconds) ORDER BY d.attempted_at), '[]'::jsonb)
+          FROM dialer_webhook_delivery d WHERE d.event_id = e.id) AS deliveries
+  FROM dialer_webhook_event e
+ WHERE e.campaign_id = $1
+   AND ($2::text IS NULL
+        OR ($2 = 'delivered' AND e.delivered_at IS NOT NULL)
+        OR ($2 = 'gave_up' AND e.gave_up_at IS NOT NULL)
+        OR ($2 = 'pending' AND e.delivered_at IS NULL AND e.gave_up_at IS NULL))
+ ORDER BY e.created_at, e.id
+ LIMIT $3 OFFSET $4;
+
+-- name: api_campaign_lock
+SELECT * FROM dialer_campaign WHERE id = $1 FOR UPDATE;

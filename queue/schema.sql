@@ -31,6 +31,9 @@ CREATE TABLE dialer_campaign (
     status_reason             text,
     created_at                timestamptz NOT NULL DEFAULT now(),
     updated_at                timestamptz NOT NULL DEFAULT now(),
+    -- Outcome webhooks to the upstream system (events go through dialer_webhook_event).
+    webhook_url               text CHECK (webhook_url ~ '^https?://[^\s]+$' AND length(webhook_url) <= 2000),
+    webhook_attempt_events    boolean NOT NULL DEFAULT false,
     CHECK (ends_at IS NULL OR starts_at IS NULL OR ends_at > starts_at),
     CHECK (window_closes_at IS NULL OR window_closes_at > window_opens_at)
 );
@@ -61,6 +64,8 @@ CREATE TABLE dialer_number (
 -- pile up, and its column order is the claim's ORDER BY so the scan stops after LIMIT rows.
 CREATE INDEX dialer_number_due_idx ON dialer_number (campaign_id, priority DESC, next_attempt_at, id)
     WHERE status IN ('untried', 'retry_wait');
+-- Phone lookups across campaigns: suppression at dispatch, the API's phone filters.
+CREATE INDEX dialer_number_phone_idx ON dialer_number (phone);
 
 CREATE TABLE dialer_worker (
     id           uuid PRIMARY KEY,
@@ -199,7 +204,12 @@ BEGIN
 
         RETURN QUERY
         WITH picked AS (
-            SELECT n.id
+            SELECT n.id,
+                   -- Suppression is checked here, at dispatch, so a do-not-call entry added after
+                   -- the number was queued still wins. Such a number is closed, never dialed.
+                   EXISTS (SELECT 1 FROM dialer_suppression s
+                            WHERE s.phone = n.phone AND (s.campaign_id IS NULL OR s.campaign_id = c.id))
+                       AS suppressed
               FROM dialer_number n
              WHERE n.campaign_id = c.id
                AND n.status IN ('untried', 'retry_wait')
@@ -207,13 +217,28 @@ BEGIN
                AND n.attempts < 1 + c.max_retries
              ORDER BY n.priority DESC, n.next_attempt_at, n.id
              LIMIT k
-               FOR UPDATE SKIP LOCKED
+               FOR UPDATE OF n SKIP LOCKED
         ), taken AS (
             UPDATE dialer_number n
-               SET status = 'in_progress', dials = n.dials + 1, updated_at = p_now
+               SET status = CASE WHEN picked.suppressed THEN 'dnc' ELSE 'in_progress' END,
+                   dials = n.dials + (NOT picked.suppressed)::int,
+                   last_outcome = CASE WHEN picked.suppressed THEN 'suppressed' ELSE n.last_outcome END,
+                   updated_at = p_now
               FROM picked
              WHERE n.id = picked.id
-            RETURNING n.*
+            RETURNING n.*, picked.suppressed
+        ), closed AS (
+            INSERT INTO dialer_webhook_event (campaign_id, type, payload, created_at, next_attempt_at)
+            SELECT c.id, 'number.finished',
+                   jsonb_build_object(
+                       'campaign', jsonb_build_object('id', c.id, 'name', c.name),
+                       'number', jsonb_build_object('id', t.id, 'phone', t.phone, 'status', 'dnc',
+                                                    'attempts', t.attempts, 'last_outcome', 'suppressed',
+                                                    'payload', t.payload),
+                       'attempt', NULL),
+                   p_now, p_now
+              FROM taken t
+             WHERE t.suppressed AND c.webhook_url IS NOT NULL
         ), ins AS (
             INSERT INTO dialer_attempt AS a
                    (id, number_id, campaign_id, attempt_no, worker_id, provider, state, claimed_at, deadline_at)
@@ -221,6 +246,7 @@ BEGIN
                    -- Covers the start request and the ring: acceptance only records the call id.
                    p_now + make_interval(secs => p_dial_timeout_seconds + c.ring_timeout_seconds)
               FROM taken t
+             WHERE NOT t.suppressed
             RETURNING a.id, a.number_id, a.attempt_no
         )
         SELECT ins.id, ins.number_id, c.id, c.name, ins.attempt_no, t.phone, coalesce(t.caller_id, c.caller_id),
@@ -278,12 +304,15 @@ BEGIN
     ), locked AS (
         -- The row lock serialises concurrent flushes of the same attempt (a callback delivered twice
         -- to two pods): the loser re-checks state after the winner commits and drops out.
-        SELECT a.id, a.number_id FROM dialer_attempt a
+        SELECT a.id, a.number_id, a.attempt_no, a.claimed_at, a.answered_at AS prior_answered_at
+          FROM dialer_attempt a
          WHERE a.id = ANY (p_ids) AND a.state <> 'ended'
            FOR UPDATE
     ), decided AS (
-        SELECT lk.number_id, i.*, n.attempts + i.consumes::int AS attempts_after,
-               cp.retry_wait_seconds, cp.name AS campaign_name,
+        SELECT lk.number_id, lk.attempt_no, lk.claimed_at, lk.prior_answered_at, i.*,
+               n.attempts + i.consumes::int AS attempts_after,
+               cp.retry_wait_seconds, cp.name AS campaign_name, cp.id AS campaign_id,
+               cp.webhook_url IS NOT NULL AS hooks, cp.webhook_attempt_events,
                CASE WHEN i.final THEN 'final'
                     WHEN NOT i.consumes THEN 'requeue'
                     WHEN n.attempts + 1 >= 1 + cp.max_retries THEN 'exhausted'
@@ -308,7 +337,31 @@ BEGIN
                updated_at = p_now
           FROM decided d
          WHERE n.id = d.number_id
-        RETURNING n.id, n.next_attempt_at
+        RETURNING n.id, n.next_attempt_at, n.phone, n.status, n.attempts, n.payload
+    ), events AS (
+        -- Written by the transaction that records the outcome: no outcome without its event, and
+        -- no event for an outcome that rolled back.
+        INSERT INTO dialer_webhook_event (campaign_id, type, payload, created_at, next_attempt_at)
+        SELECT d.campaign_id, ev.type,
+               jsonb_build_object(
+                   'campaign', jsonb_build_object('id', d.campaign_id, 'name', d.campaign_name),
+                   'number', jsonb_build_object('id', num.id, 'phone', num.phone, 'status', num.status,
+                                                'attempts', num.attempts, 'last_outcome', d.outcome,
+                                                'next_attempt_at', CASE WHEN d.decision IN ('retry', 'requeue')
+                                                                        THEN num.next_attempt_at END,
+                                                'payload', num.payload),
+                   'attempt', jsonb_build_object(
+                       'id', d.id, 'attempt_no', d.attempt_no, 'outcome', d.outcome, 'decision', d.decision,
+                       'consumed_attempt', d.consumes, 'started_at', d.claimed_at,
+                       'answered_at', coalesce(d.answered_at, d.prior_answered_at), 'ended_at', d.ended_at,
+                       'duration_seconds', d.duration, 'billsec', d.billsec, 'raw_status', d.raw_status,
+                       'raw_cause', d.raw_cause, 'sip_code', d.sip)),
+               p_now, p_now
+          FROM decided d
+          JOIN num ON num.id = d.number_id
+          CROSS JOIN LATERAL (VALUES ('number.finished', d.decision IN ('final', 'exhausted')),
+                                     ('attempt.ended', d.webhook_attempt_events)) AS ev(type, wanted)
+         WHERE d.hooks AND ev.wanted
     )
     UPDATE dialer_attempt a
        SET state = 'ended',
@@ -330,5 +383,239 @@ BEGIN
 
     -- A finished call frees a concurrency slot: wake claimers now rather than at their next poll.
     PERFORM pg_notify('dialer_due', '');
+END;
+$$;
+
+-- Do-not-call. campaign_id NULL = suppressed everywhere.
+CREATE TABLE dialer_suppression (
+    id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    phone       text NOT NULL CHECK (phone ~ '^\+[1-9][0-9]{6,14}$'),
+    campaign_id bigint REFERENCES dialer_campaign (id) ON DELETE CASCADE,
+    reason      text CHECK (length(reason) <= 500),
+    source      text NOT NULL DEFAULT 'api' CHECK (source IN ('api', 'sql', 'outcome')),
+    created_at  timestamptz NOT NULL DEFAULT now()
+);
+CREATE UNIQUE INDEX dialer_suppression_global_idx ON dialer_suppression (phone) WHERE campaign_id IS NULL;
+CREATE UNIQUE INDEX dialer_suppression_campaign_idx ON dialer_suppression (campaign_id, phone)
+    WHERE campaign_id IS NOT NULL;
+
+-- Only a SHA-256 of each token is kept: tokens are 256-bit random, so a slow hash adds nothing,
+-- and a leaked table cannot be replayed.
+CREATE TABLE dialer_api_token (
+    id         bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    name       text NOT NULL UNIQUE CHECK (length(name) BETWEEN 1 AND 200),
+    token_hash bytea NOT NULL UNIQUE CHECK (length(token_hash) = 32),
+    created_at timestamptz NOT NULL DEFAULT now(),
+    last_used_at timestamptz,
+    revoked_at timestamptz
+);
+
+-- Idempotent requests: the first response to a client token is stored and replayed. The request
+-- hash refuses a token reused for a different request instead of answering it with a stale result.
+CREATE TABLE dialer_api_request (
+    scope        text NOT NULL,
+    client_token text NOT NULL CHECK (length(client_token) BETWEEN 1 AND 200),
+    request_hash bytea NOT NULL,
+    response     jsonb NOT NULL,
+    created_at   timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (scope, client_token)
+);
+
+-- The outbox: events are written by the same transaction that records the outcome, so an event
+-- exists exactly when its outcome does. Delivery is at least once; receivers dedupe on the id.
+CREATE TABLE dialer_webhook_event (
+    id              uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    campaign_id     bigint NOT NULL REFERENCES dialer_campaign (id) ON DELETE CASCADE,
+    type            text NOT NULL CHECK (type IN ('number.finished', 'attempt.ended')),
+    payload         jsonb NOT NULL,
+    created_at      timestamptz NOT NULL,
+    -- Due time, and while a deliverer holds it, its lease: taking an event pushes this out.
+    next_attempt_at timestamptz NOT NULL,
+    attempts        integer NOT NULL DEFAULT 0 CHECK (attempts >= 0),
+    delivered_at    timestamptz,
+    gave_up_at      timestamptz,
+    last_status     integer,
+    last_error      text,
+    CHECK (delivered_at IS NULL OR gave_up_at IS NULL)
+);
+CREATE INDEX dialer_webhook_event_pending_idx ON dialer_webhook_event (next_attempt_at)
+    WHERE delivered_at IS NULL AND gave_up_at IS NULL;
+CREATE INDEX dialer_webhook_event_campaign_idx ON dialer_webhook_event (campaign_id, created_at);
+
+CREATE TABLE dialer_webhook_delivery (
+    id               bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    event_id         uuid NOT NULL REFERENCES dialer_webhook_event (id) ON DELETE CASCADE,
+    attempted_at     timestamptz NOT NULL,
+    status_code      integer,
+    error            text,
+    duration_seconds double precision NOT NULL CHECK (duration_seconds >= 0)
+);
+CREATE INDEX dialer_webhook_delivery_event_idx ON dialer_webhook_delivery (event_id, attempted_at);
+
+-- Phone validity rules for SQL callers, generated from the same phonenumbers metadata the Python
+-- ingest path uses (`dialer migrate` refreshes them when the library changes). For a calling code
+-- shared by several regions, the first region (by ordinal) whose leading digits match owns the
+-- number; regions without leading digits own only numbers valid in them, as in phonenumbers.
+CREATE TABLE dialer_phone_rule (
+    calling_code text NOT NULL,
+    ordinal      integer NOT NULL,
+    region       text NOT NULL,
+    leading_digits text,
+    -- 0 with a NULL pattern: a region that owns numbers by leading digits but has no valid lengths.
+    nsn_length   integer NOT NULL,
+    pattern      text,
+    PRIMARY KEY (calling_code, ordinal, nsn_length)
+);
+CREATE TABLE dialer_meta (
+    key   text PRIMARY KEY,
+    value text NOT NULL
+);
+
+CREATE FUNCTION dialer_phone_valid(p_phone text) RETURNS boolean
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    cc   text;
+    nsn  text;
+    r    record;
+BEGIN
+    IF p_phone IS NULL OR p_phone !~ '^\+[1-9][0-9]{6,14}$' THEN
+        RETURN false;
+    END IF;
+    SELECT k.cc INTO cc
+      FROM (VALUES (substr(p_phone, 2, 1)), (substr(p_phone, 2, 2)), (substr(p_phone, 2, 3))) AS k(cc)
+     WHERE EXISTS (SELECT 1 FROM dialer_phone_rule pr WHERE pr.calling_code = k.cc)
+     ORDER BY length(k.cc)
+     LIMIT 1;
+    IF cc IS NULL THEN
+        RETURN false;
+    END IF;
+    nsn := substr(p_phone, 2 + length(cc));
+    FOR r IN
+        SELECT pr.region, pr.leading_digits,
+               bool_or(pr.nsn_length = length(nsn) AND nsn ~ ('^(?:' || pr.pattern || ')$')) AS ok
+          FROM dialer_phone_rule pr
+         WHERE pr.calling_code = cc
+         GROUP BY pr.ordinal, pr.region, pr.leading_digits
+         ORDER BY pr.ordinal
+    LOOP
+        IF r.leading_digits IS NOT NULL THEN
+            IF nsn ~ ('^(?:' || r.leading_digits || ')') THEN
+                RETURN coalesce(r.ok, false);
+            END IF;
+        ELSIF r.ok THEN
+            RETURN true;
+        END IF;
+    END LOOP;
+    RETURN false;
+END;
+$$;
+
+-- Enqueue from inside an upstream transaction (systems sharing the database). The same rules as
+-- the HTTP route: numbers valid per phonenumbers' metadata, at most 10,000 per call, the whole call
+-- rejected on any bad item (SQLSTATE 22023, the DETAIL lists every bad item as JSON), duplicates
+-- skipped, and an optional client token that makes a repeated call return its first result.
+--   SELECT dialer_enqueue('spring-promo', '[{"phone": "+14155550100", "payload": {"crm_id": 7}}]');
+CREATE FUNCTION dialer_enqueue(p_campaign text, p_numbers jsonb, p_client_token text DEFAULT NULL,
+                               p_now timestamptz DEFAULT now())
+RETURNS jsonb
+LANGUAGE plpgsql AS $$
+DECLARE
+    camp     dialer_campaign%ROWTYPE;
+    n_items  integer;
+    bad      jsonb;
+    added    integer;
+    result   jsonb;
+    req_hash bytea;
+    stored   dialer_api_request%ROWTYPE;
+BEGIN
+    SELECT * INTO camp FROM dialer_campaign WHERE name = p_campaign;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'no campaign named %', p_campaign USING ERRCODE = 'no_data_found';
+    END IF;
+    IF camp.status = 'stopped' THEN
+        RAISE EXCEPTION 'campaign % is stopped', p_campaign USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF jsonb_typeof(p_numbers) IS DISTINCT FROM 'array' THEN
+        RAISE EXCEPTION 'numbers must be a JSON array' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    n_items := jsonb_array_length(p_numbers);
+    IF n_items > 10000 THEN
+        RAISE EXCEPTION 'at most 10000 numbers per call, got %', n_items USING ERRCODE = 'program_limit_exceeded';
+    END IF;
+
+    IF p_client_token IS NOT NULL THEN
+        req_hash := sha256(convert_to(p_numbers::text, 'UTF8'));
+        -- A concurrent call with the same token waits here for the first to commit, then replays it.
+        INSERT INTO dialer_api_request (scope, client_token, request_hash, response, created_at)
+        VALUES ('enqueue:' || camp.id, p_client_token, req_hash, 'null'::jsonb, p_now)
+        ON CONFLICT DO NOTHING;
+        IF NOT FOUND THEN
+            SELECT * INTO stored FROM dialer_api_request
+             WHERE scope = 'enqueue:' || camp.id AND client_token = p_client_token;
+            IF stored.request_hash <> req_hash THEN
+                RAISE EXCEPTION 'client token % was already used for a different request', p_client_token
+                      USING ERRCODE = 'unique_violation';
+            END IF;
+            RETURN stored.response || '{"replayed": true}'::jsonb;
+        END IF;
+    END IF;
+
+    CREATE TEMPORARY TABLE IF NOT EXISTS dialer_enqueue_items (
+        idx integer, phone text, caller_id text, dtmf text, priority integer, payload jsonb, error text
+    ) ON COMMIT DROP;
+    TRUNCATE dialer_enqueue_items;
+    INSERT INTO dialer_enqueue_items
+    SELECT e.idx - 1,
+           CASE jsonb_typeof(e.item) WHEN 'string' THEN e.item #>> '{}' ELSE e.item ->> 'phone' END,
+           e.item ->> 'caller_id', e.item ->> 'dtmf',
+           CASE WHEN jsonb_typeof(e.item -> 'priority') = 'number'
+                     AND (e.item ->> 'priority') ~ '^-?[0-9]{1,4}$' THEN (e.item ->> 'priority')::integer END,
+           e.item -> 'payload',
+           CASE
+               WHEN jsonb_typeof(e.item) NOT IN ('string', 'object') THEN 'must be a phone string or an object'
+               WHEN jsonb_typeof(e.item) = 'object' AND jsonb_typeof(e.item -> 'phone') IS DISTINCT FROM 'string'
+                   THEN 'phone: required string'
+               WHEN NOT dialer_phone_valid(CASE jsonb_typeof(e.item) WHEN 'string' THEN e.item #>> '{}'
+                                                                     ELSE e.item ->> 'phone' END)
+                   THEN 'phone: not a valid E.164 number'
+               WHEN jsonb_typeof(e.item) = 'object' AND e.item ? 'caller_id' AND jsonb_typeof(e.item -> 'caller_id') <> 'null'
+                    AND NOT dialer_phone_valid(e.item ->> 'caller_id')
+                   THEN 'caller_id: not a valid E.164 number'
+               WHEN jsonb_typeof(e.item) = 'object' AND e.item ? 'dtmf' AND jsonb_typeof(e.item -> 'dtmf') <> 'null'
+                    AND (e.item ->> 'dtmf') !~ '^[0-9#*Ww]{1,64}$'
+                   THEN 'dtmf: digits, #, * and W only (1-64)'
+               WHEN jsonb_typeof(e.item) = 'object' AND e.item ? 'priority' AND jsonb_typeof(e.item -> 'priority') <> 'null'
+                    AND NOT (jsonb_typeof(e.item -> 'priority') = 'number' AND (e.item ->> 'priority') ~ '^-?[0-9]{1,4}$'
+                             AND abs((e.item ->> 'priority')::integer) <= 1000)
+                   THEN 'priority: an integer between -1000 and 1000'
+           END
+      FROM jsonb_array_elements(p_numbers) WITH ORDINALITY AS e(item, idx);
+
+    SELECT jsonb_agg(jsonb_build_object('index', idx, 'error', error) ORDER BY idx) INTO bad
+      FROM dialer_enqueue_items WHERE error IS NOT NULL;
+    IF bad IS NOT NULL THEN
+        RAISE EXCEPTION 'invalid numbers: % of % items rejected', jsonb_array_length(bad), n_items
+              USING ERRCODE = 'invalid_parameter_value', DETAIL = bad::text;
+    END IF;
+
+    INSERT INTO dialer_number (campaign_id, phone, caller_id, dtmf, priority, payload, next_attempt_at,
+                               created_at, updated_at)
+    SELECT camp.id, i.phone, i.caller_id, i.dtmf, coalesce(i.priority, 0), i.payload, p_now, p_now, p_now
+      FROM dialer_enqueue_items i
+     ORDER BY i.idx
+    ON CONFLICT (campaign_id, phone) DO NOTHING;
+    GET DIAGNOSTICS added = ROW_COUNT;
+    IF added > 0 AND camp.status = 'finished' THEN
+        UPDATE dialer_campaign SET status = 'running', status_reason = 'numbers added', updated_at = p_now
+         WHERE id = camp.id AND status = 'finished';
+    END IF;
+
+    result := jsonb_build_object('campaign', camp.name, 'received', n_items, 'added', added,
+                                 'duplicates', n_items - added, 'replayed', false);
+    IF p_client_token IS NOT NULL THEN
+        UPDATE dialer_api_request SET response = result
+         WHERE scope = 'enqueue:' || camp.id AND client_token = p_client_token;
+    END IF;
+    RETURN result;
 END;
 $$;

@@ -55,6 +55,22 @@ def spawn(dsn: str, sim_url: str, **env: str) -> WorkerProc:
     return WorkerProc(proc, port)
 
 
+def spawn_api(dsn: str, **env: str) -> WorkerProc:
+    """A `dialer api` process; `wait_ready` works on it as on a worker."""
+    port = free_port()
+    full = {
+        **os.environ,
+        "DATABASE_URL": dsn,
+        "DIALER_HTTP_HOST": "127.0.0.1",
+        "DIALER_API_PORT": str(port),
+        "DIALER_LOG_LEVEL": "WARNING",
+        "DIALER_DB_POOL_SIZE": "4",
+        **env,
+    }
+    proc = subprocess.Popen([sys.executable, "-m", "dialer", "api"], env=full)
+    return WorkerProc(proc, port)
+
+
 async def wait_ready(workers: list[WorkerProc], timeout: float = 20) -> None:
     async with aiohttp.ClientSession() as http, asyncio.timeout(timeout):
         for w in workers:
