@@ -34,6 +34,15 @@ CREATE TABLE dialer_campaign (
     -- Outcome webhooks to the upstream system (events go through dialer_webhook_event).
     webhook_url               text CHECK (webhook_url ~ '^https?://[^\s]+$' AND length(webhook_url) <= 2000),
     webhook_attempt_events    boolean NOT NULL DEFAULT false,
+    -- Pacing (scheduler/pacing.py): agentless keeps the fixed caps; progressive and predictive
+    -- dial within pacing_budget, which the controller's tick writes and the claim spends.
+    pacing_mode               text NOT NULL DEFAULT 'agentless'
+                              CHECK (pacing_mode IN ('agentless', 'progressive', 'predictive')),
+    pacing_settings           jsonb NOT NULL DEFAULT '{}'::jsonb CHECK (jsonb_typeof(pacing_settings) = 'object'),
+    agents_logged_in          integer NOT NULL DEFAULT 0 CHECK (agents_logged_in BETWEEN 0 AND 100000),
+    pacing_state              jsonb,
+    pacing_budget             integer NOT NULL DEFAULT 0 CHECK (pacing_budget >= 0),
+    pacing_ticked_at          timestamptz,
     CHECK (ends_at IS NULL OR starts_at IS NULL OR ends_at > starts_at),
     CHECK (window_closes_at IS NULL OR window_closes_at > window_opens_at)
 );
@@ -200,6 +209,11 @@ BEGIN
          WHERE a.campaign_id = c.id AND a.claimed_at > p_now - interval '1 second';
 
         k := LEAST(remaining, c.max_concurrent_calls - live, c.max_calls_per_second - recent);
+        -- Agent campaigns dial only what the pacing controller's last tick granted; the budget is
+        -- spent here, under the campaign's row lock, so workers together never exceed it.
+        IF c.pacing_mode <> 'agentless' THEN
+            k := LEAST(k, c.pacing_budget);
+        END IF;
         CONTINUE WHEN k <= 0;
 
         RETURN QUERY
@@ -256,7 +270,11 @@ BEGIN
         GET DIAGNOSTICS got = ROW_COUNT;
         remaining := remaining - got;
         IF got > 0 THEN
-            UPDATE dialer_campaign SET last_claimed_at = p_now WHERE id = c.id;
+            UPDATE dialer_campaign
+               SET last_claimed_at = p_now,
+                   pacing_budget = CASE WHEN pacing_mode = 'agentless' THEN pacing_budget
+                                        ELSE greatest(pacing_budget - got, 0) END
+             WHERE id = c.id;
         END IF;
     END LOOP;
 END;
