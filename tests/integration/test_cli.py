@@ -267,3 +267,17 @@ async def test_enqueue_into_an_unknown_campaign_fails(dsn: str, tmp_path: Path) 
     assert result.returncode == 2
     assert "no campaign named 'ghost'" in result.stderr
     assert await count(dsn, "dialer_number") == 0
+
+
+async def test_token_create_list_revoke(dsn: str) -> None:
+    """`dialer token` prints a new token once, lists tokens without secrets, and revokes by name."""
+    created = ok(dialer(dsn, "token", "create", "crm"))
+    assert created["name"] == "crm" and created["token"].startswith("dlr_")
+    listed = ok(dialer(dsn, "token", "list"))
+    assert [t["name"] for t in listed] == ["crm"] and created["token"] not in orjson.dumps(listed).decode()
+    again = dialer(dsn, "token", "create", "crm")
+    assert again.returncode == 2 and "already exists" in again.stderr
+    assert ok(dialer(dsn, "token", "revoke", "crm"))["name"] == "crm"
+    assert ok(dialer(dsn, "token", "list"))[0]["revoked_at"] is not None
+    missing = dialer(dsn, "token", "revoke", "crm")
+    assert missing.returncode == 2 and "no active token" in missing.stderr
