@@ -35,6 +35,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 import metrics
 from dialer import campaigns, ingest
 from dialer.clock import Clock
+from dialer.providers import paycall
 from dialer.settings import Settings
 from dialer.sql import Q
 
@@ -89,18 +90,8 @@ NUMBER_STATUS_FILTERS: dict[str, tuple[list[str], bool | None]] = {
 CALL_STATES = ("dialing", "ringing", "answered", "ended")
 CAMPAIGN_STATUSES = ("created", "running", "paused", "stopped", "finished")
 ACTIONS = ("start", "pause", "resume", "stop")
-CDR_COLUMNS = (
-    "cli",
-    "phone_number",
-    "start_time",
-    "answer_time",
-    "hangup_time",
-    "duration",
-    "billsec",
-    "hangup_cause",
-    "unique_campaign_id",
-    "steps",
-)
+# The Paycall seed's cdr_by_campaign columns: the same header the Paycall adapter reads back.
+CDR_COLUMNS = paycall.CDR_COLUMNS
 # Q.850 names for the CDR's hangup_cause when the provider gave none of its own.
 _HANGUP_CAUSE = {
     "answered_human": "NORMAL_CLEARING",
