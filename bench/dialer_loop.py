@@ -167,6 +167,9 @@ async def make_campaigns(conn: asyncpg.Connection, count: int, per_campaign: int
                     "max_concurrent_calls": 100_000,
                     "max_calls_per_second": 10_000,
                     "max_retries": 0,
+                    # Simulated callees, benched at any hour: the window gate runs but is always open.
+                    "callee_window_start": 0,
+                    "callee_window_end": 1440,
                     **spec,
                 }
             ),

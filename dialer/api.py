@@ -72,6 +72,14 @@ CAMPAIGN_FIELDS = (
     "business_hours",
     "webhook_url",
     "webhook_attempt_events",
+    "callee_window_start",
+    "callee_window_end",
+    "abandon_lockout_seconds",
+    "amd_policy",
+    "auto_stop_conditions",
+    "pacing_mode",
+    "pacing_settings",
+    "agents_logged_in",
 )
 _CAMPAIGN_READ_ONLY = ("status", "status_reason", "created_at", "updated_at")
 NUMBER_FIELDS = ("phone", "caller_id", "dtmf", "priority", "payload")
@@ -434,6 +442,8 @@ def number_resource(row: Row) -> dict[str, Any]:
             "dials",
             "next_attempt_at",
             "last_outcome",
+            "held_reason",
+            "callee_zones",
             "created_at",
             "updated_at",
         )
@@ -565,6 +575,8 @@ def _spec(attributes: Mapping[str, Any], api: Api) -> campaigns.CampaignSpec:
     for field in ("time_zone", "provider"):
         if kwargs[field] is None:
             kwargs[field] = getattr(defaults, field)
+    if kwargs["pacing_settings"] == {}:
+        kwargs["pacing_settings"] = None
     spec = campaigns.CampaignSpec(**kwargs)
     try:
         spec.validate()
@@ -641,6 +653,9 @@ async def update_campaign(request: web.Request) -> web.Response:
                 f"a campaign named {spec.name!r} already exists",
                 pointer="/data/attributes/name",
             ) from None
+        assert row is not None
+        row = await campaigns.set_compliance(conn, campaign_id, spec)
+        row = await campaigns.set_pacing(conn, campaign_id, spec, api.now())
     assert row is not None
     return document(campaign_resource(row))
 
@@ -671,6 +686,64 @@ async def campaign_action(request: web.Request) -> web.Response:
         except campaigns.CampaignError as exc:
             raise ApiError(409, "Conflict", str(exc)) from None
     return document(campaign_resource(row))
+
+
+async def set_campaign_agents(request: web.Request) -> web.Response:
+    """Agents logged in now, reported by upstream (a contact center's ACD, a CRM's presence)."""
+    api = request.app[API]
+    campaign_id = _int_id(request)
+    attributes = _resource(await _body(request), "agents", ("logged_in",))
+    agents = attributes.get("logged_in")
+    if isinstance(agents, bool) or not isinstance(agents, int) or not 0 <= agents <= 100_000:
+        raise ApiError(
+            422,
+            "Invalid agents",
+            "logged_in must be an integer between 0 and 100000",
+            pointer="/data/attributes/logged_in",
+        )
+    async with api.pool.acquire() as conn:
+        await _campaign_row(conn, campaign_id)
+        row = await campaigns.set_agents(conn, campaign_id, agents, api.now())
+    decision = row["pacing_decision"] or {}
+    attributes = {
+        "logged_in": row["agents_logged_in"],
+        # As of the last tick; null before the first one.
+        "free": decision.get("agents_free"),
+        "busy": decision.get("agents_busy"),
+    }
+    return document({"type": "agents", "id": str(row["id"]), "attributes": attributes})
+
+
+async def campaign_pacing(request: web.Request) -> web.Response:
+    """The pacing controller's last decision and the rates behind it (read-only)."""
+    api = request.app[API]
+    async with api.pool.acquire() as conn:
+        row = await _campaign_row(conn, _int_id(request))
+    d: dict[str, Any] = row["pacing_decision"] or {}
+    agentless = row["pacing_mode"] == "agentless"
+
+    def windows(prefix: str) -> dict[str, Any]:
+        return {w: d.get(f"{prefix}_{w}") for w in ("24h", "30d", "lifetime")}
+
+    attributes = {
+        "pacing_mode": row["pacing_mode"],
+        "pacing_settings": row["pacing_settings"],
+        "agents_logged_in": row["agents_logged_in"],
+        "budget": None if agentless else row["pacing_budget"],
+        "ticked_at": row["pacing_ticked_at"],
+        "reason": "agentless" if agentless else d.get("reason"),
+        "new_attempts": d.get("new_attempts"),
+        "dial_ratio": d.get("dial_ratio"),
+        "hit_rate": {"predicted": d.get("hit_rate_predicted"), "observed": d.get("hit_rate_observed")},
+        "abandon_rate": windows("abandon_rate"),
+        "answered": windows("answered"),
+        "abandoned": windows("abandoned"),
+        "agents": {"free": d.get("agents_free"), "busy": d.get("agents_busy")},
+        "occupancy": d.get("occupancy"),
+        "ringing": d.get("ringing"),
+        "answered_waiting": d.get("answered_waiting"),
+    }
+    return document({"type": "campaign-pacing", "id": str(row["id"]), "attributes": attributes})
 
 
 async def campaign_status(request: web.Request) -> web.Response:
@@ -1296,6 +1369,46 @@ async def list_webhook_events(request: web.Request) -> web.Response:
 
 
 # ---------------------------------------------------------------------------------------------
+# Compliance settings shared by every campaign
+
+
+def compliance_resource(row: Row | None) -> dict[str, Any]:
+    attributes = {
+        "max_attempts_per_24h": None if row is None else row["max_attempts_per_24h"],
+        "max_attempts_lifetime": None if row is None else row["max_attempts_lifetime"],
+        "updated_at": None if row is None else row["updated_at"],
+    }
+    return {"type": "compliance", "id": "global", "attributes": attributes}
+
+
+async def get_compliance(request: web.Request) -> web.Response:
+    """Attempt caps per phone across all campaigns (null = no cap)."""
+    api = request.app[API]
+    return document(compliance_resource(await api.pool.fetchrow(Q.compliance_get)))
+
+
+async def put_compliance(request: web.Request) -> web.Response:
+    api = request.app[API]
+    fields = ("max_attempts_per_24h", "max_attempts_lifetime")
+    attributes = _resource(await _body(request), "compliance", fields)
+    values: dict[str, int | None] = {}
+    errors: list[dict[str, Any]] = []
+    for field in fields:
+        value = attributes.get(field)
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1000
+        ):
+            errors.append(_invalid(f"/data/attributes/{field}", "an integer 1-1000, or null for no cap"))
+        values[field] = value
+    if errors:
+        raise ApiError(422, "Invalid compliance settings", errors=errors)
+    row = await api.pool.fetchrow(
+        Q.compliance_set, values["max_attempts_per_24h"], values["max_attempts_lifetime"], api.now()
+    )
+    return document(compliance_resource(row))
+
+
+# ---------------------------------------------------------------------------------------------
 # Service endpoints
 
 
@@ -1331,6 +1444,8 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("DELETE", "/v1/campaigns/{id}", delete_campaign),
     ("POST", "/v1/campaigns/{id}/actions/{action}", campaign_action),
     ("GET", "/v1/campaigns/{id}/status", campaign_status),
+    ("PUT", "/v1/campaigns/{id}/agents", set_campaign_agents),
+    ("GET", "/v1/campaigns/{id}/pacing", campaign_pacing),
     ("GET", "/v1/campaigns/{id}/numbers", list_numbers),
     ("POST", "/v1/campaigns/{id}/numbers", add_numbers),
     ("POST", "/v1/campaigns/{id}/numbers/upload", upload_numbers),
@@ -1346,6 +1461,8 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("GET", "/v1/calls", list_calls),
     ("GET", "/v1/calls/{id}", get_call),
     ("GET", "/v1/cdr.csv", number_cdr),
+    ("GET", "/v1/compliance", get_compliance),
+    ("PUT", "/v1/compliance", put_compliance),
     ("GET", "/openapi.json", openapi),
     ("GET", "/metrics", metrics_endpoint),
     ("GET", "/healthz", healthz),

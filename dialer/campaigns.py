@@ -10,7 +10,10 @@ from typing import Any, TypeAlias
 
 import asyncpg
 
+from dialer import pacer
 from dialer.sql import Q
+from dialer.zones import ZoneResolver
+from scheduler import compliance
 from scheduler.hours import BusinessHours, HoursError
 
 Conn: TypeAlias = "asyncpg.Connection[asyncpg.Record] | asyncpg.pool.PoolConnectionProxy[asyncpg.Record]"
@@ -26,6 +29,7 @@ class CampaignError(ValueError):
         self.fields = fields or {}
 
 
+_PACING_MODES = ("agentless", "progressive", "predictive")
 _URL = re.compile(r"^https?://[^\s/?#@]+(?::\d{1,5})?(?:[/?#]\S*)?$")
 
 
@@ -46,6 +50,20 @@ class CampaignSpec:
     business_hours: list[dict[str, Any]] | None = None
     webhook_url: str | None = None
     webhook_attempt_events: bool = False
+    # Pacing (scheduler/pacing.py): agentless keeps the fixed caps; progressive and predictive dial
+    # for agents. pacing_settings overrides PacingSettings' defaults; agents_logged_in is the static
+    # agent count, which upstream may also report live (PUT /v1/campaigns/{id}/agents).
+    pacing_mode: str = "agentless"
+    pacing_settings: dict[str, Any] | None = None
+    agents_logged_in: int = 0
+    # Compliance gates (scheduler/compliance.py, enforced by dialer_claim): the callee-local window
+    # in minutes after midnight (both None: off), the abandoned-call lockout, what an answering
+    # machine does to the number, and CALLR Sendr-style auto-stop conditions.
+    callee_window_start: int | None = compliance.DEFAULT_WINDOW[0]
+    callee_window_end: int | None = compliance.DEFAULT_WINDOW[1]
+    abandon_lockout_seconds: int = compliance.DEFAULT_ABANDON_LOCKOUT_SECONDS
+    amd_policy: str = "retry"
+    auto_stop_conditions: dict[str, Any] | None = None
 
     def validate(self) -> list[dict[str, Any]] | None:
         """Raise CampaignError naming every bad field; return the normalized business hours."""
@@ -81,6 +99,27 @@ class CampaignSpec:
         rng("max_concurrent_calls", 1, 100_000)
         rng("max_calls_per_second", 1, 10_000)
         rng("max_call_duration_seconds", 10, 86400)
+        rng("abandon_lockout_seconds", 0, 365 * 86400)
+        try:
+            compliance.check_window(self.callee_window_start, self.callee_window_end)
+        except compliance.ComplianceError as exc:
+            bad("callee_window_start" if self.callee_window_start is None else "callee_window_end", str(exc))
+        if self.amd_policy not in compliance.AMD_POLICIES:
+            bad("amd_policy", f"{self.amd_policy!r} must be one of {', '.join(compliance.AMD_POLICIES)}")
+        try:
+            compliance.check_auto_stop(self.auto_stop_conditions)
+        except compliance.ComplianceError as exc:
+            bad("auto_stop_conditions", str(exc))
+        rng("agents_logged_in", 0, 100_000)
+        if not isinstance(self.pacing_mode, str) or self.pacing_mode not in _PACING_MODES:
+            bad("pacing_mode", f"{self.pacing_mode!r} must be one of {', '.join(_PACING_MODES)}")
+        elif self.pacing_settings is not None and not isinstance(self.pacing_settings, dict):
+            bad("pacing_settings", "must be an object of PacingSettings overrides")
+        else:
+            try:
+                pacer.pacing_settings(self.pacing_mode, self.pacing_settings)
+            except (ValueError, TypeError) as exc:
+                bad("pacing_settings", str(exc))
         for field in ("starts_at", "ends_at"):
             value = getattr(self, field)
             if value is not None and (not isinstance(value, dt.datetime) or value.tzinfo is None):
@@ -146,6 +185,50 @@ async def create(conn: Conn, spec: CampaignSpec, now: dt.datetime) -> asyncpg.Re
     except asyncpg.UniqueViolationError:
         raise CampaignError(f"a campaign named {spec.name!r} already exists") from None
     assert row is not None  # INSERT … RETURNING always returns the row
+    row = await set_compliance(conn, row["id"], spec)
+    if (spec.pacing_mode, spec.pacing_settings or {}, spec.agents_logged_in) != ("agentless", {}, 0):
+        row = await set_pacing(conn, row["id"], spec, now)
+    return row
+
+
+async def set_compliance(conn: Conn, campaign_id: int, spec: CampaignSpec) -> asyncpg.Record:
+    """Store the spec's (validated) compliance settings; returns the campaign row."""
+    row: asyncpg.Record | None = await conn.fetchrow(
+        Q.campaign_set_compliance,
+        campaign_id,
+        spec.callee_window_start,
+        spec.callee_window_end,
+        spec.abandon_lockout_seconds,
+        spec.amd_policy,
+        spec.auto_stop_conditions,
+    )
+    if row is None:
+        raise CampaignError(f"no campaign {campaign_id}")
+    return row
+
+
+async def set_pacing(conn: Conn, campaign_id: int, spec: CampaignSpec, now: dt.datetime) -> asyncpg.Record:
+    """Store the spec's (validated) pacing mode, settings overrides and static agent count."""
+    row: asyncpg.Record | None = await conn.fetchrow(
+        Q.campaign_set_pacing,
+        campaign_id,
+        spec.pacing_mode,
+        spec.pacing_settings or {},
+        spec.agents_logged_in,
+        now,
+    )
+    if row is None:
+        raise CampaignError(f"no campaign {campaign_id}")
+    return row
+
+
+async def set_agents(conn: Conn, campaign_id: int, agents: int, now: dt.datetime) -> asyncpg.Record:
+    """Agents logged in now, as upstream reports them; takes effect at the next bridge and tick."""
+    if isinstance(agents, bool) or not isinstance(agents, int) or not 0 <= agents <= 100_000:
+        raise CampaignError(f"{agents!r} must be an integer between 0 and 100000", {"logged_in": "range"})
+    row: asyncpg.Record | None = await conn.fetchrow(Q.campaign_set_agents, campaign_id, agents, now)
+    if row is None:
+        raise CampaignError(f"no campaign {campaign_id}")
     return row
 
 
@@ -180,7 +263,8 @@ async def summary(conn: Conn, name: str) -> dict[str, Any]:
 def to_json(row: asyncpg.Record) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in row.items():
-        if key in ("window_opens_at", "window_closes_at", "last_claimed_at"):
+        # The controller's own state is kilobytes of histograms: not for a human.
+        if key in ("window_opens_at", "window_closes_at", "last_claimed_at", "pacing_state", "pacing_seen"):
             continue
         out[key] = value.isoformat() if isinstance(value, dt.datetime) else value
     return out
@@ -220,19 +304,38 @@ async def enqueue_batches(
     conn: Conn, campaign_id: int, batches: AsyncIterable[list[NumberRow]], now: dt.datetime
 ) -> int:
     """`enqueue` fed batch by batch, so a caller can parse the next batch off the event loop."""
+    zones_of = await zone_resolver(conn)
     async with conn.transaction():
         await conn.execute(Q.stage_create)
         async for batch in batches:
+            # The callee's zones are derived here, not by dialer_callee_zones() in the merge: the
+            # same answer (a test holds them together) at a fifth of the cost per row.
             await conn.copy_records_to_table(
                 "dialer_stage",
-                records=[(r.line, r.phone, r.caller_id, r.dtmf, r.priority, r.payload) for r in batch],
-                columns=["line", "phone", "caller_id", "dtmf", "priority", "payload"],
+                records=[
+                    (r.line, r.phone, r.caller_id, r.dtmf, r.priority, r.payload, zones_of(r.phone))
+                    for r in batch
+                ],
+                columns=["line", "phone", "caller_id", "dtmf", "priority", "payload", "callee_zones"],
             )
         status = await conn.execute(Q.stage_merge, campaign_id, now)
         added = int(status.split()[-1])
         if added:
             await conn.execute(Q.reopen_finished, campaign_id, now)
     return added
+
+
+_RESOLVERS: dict[frozenset[str], ZoneResolver] = {}
+
+
+async def zone_resolver(conn: Conn) -> ZoneResolver:
+    """A resolver that keeps only the zones this server knows (an unknown name would make the
+    claim's AT TIME ZONE fail); built once per distinct zone list."""
+    known = frozenset(r["name"] for r in await conn.fetch(Q.known_zones))
+    resolver = _RESOLVERS.get(known)
+    if resolver is None:
+        resolver = _RESOLVERS[known] = ZoneResolver(known)
+    return resolver
 
 
 def _chunks(rows: Iterable[NumberRow], size: int) -> Iterator[list[NumberRow]]:

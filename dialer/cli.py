@@ -20,6 +20,7 @@ from dialer.clock import SystemClock
 from dialer.ingest import IngestError
 from dialer.settings import Settings, SettingsError
 from dialer.sql import Q
+from scheduler import compliance
 
 log = logging.getLogger("dialer")
 
@@ -142,6 +143,27 @@ def cmd_api(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compliance(args: argparse.Namespace) -> int:
+    """Attempt caps per phone across all campaigns; `set` replaces both (omitted = no cap)."""
+    settings = _settings(args)
+
+    async def go(conn: Any) -> Any:
+        if args.action == "set":
+            for name in ("max_attempts_per_24h", "max_attempts_lifetime"):
+                value = getattr(args, name)
+                if value is not None and not 1 <= value <= 1000:
+                    raise CommandError(f"--{name.replace('_', '-')} must be between 1 and 1000")
+            row = await conn.fetchrow(
+                Q.compliance_set, args.max_attempts_per_24h, args.max_attempts_lifetime, SystemClock().now()
+            )
+        else:
+            row = await conn.fetchrow(Q.compliance_get)
+        return dict(row) if row is not None else {"max_attempts_per_24h": None, "max_attempts_lifetime": None}
+
+    _print(asyncio.run(_with_conn(settings, go)))
+    return 0
+
+
 def cmd_token(args: argparse.Namespace) -> int:
     """API tokens: only a hash is stored, so a new token is shown once, here."""
     import asyncpg
@@ -169,6 +191,41 @@ def cmd_token(args: argparse.Namespace) -> int:
     return 0
 
 
+def _json_object(raw: str) -> dict[str, Any]:
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("must be a JSON object")
+    return value
+
+
+def _callee_window(raw: str) -> tuple[int, int] | None:
+    try:
+        return compliance.parse_window(raw)
+    except compliance.ComplianceError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _auto_stop(answered: int | None, keys: list[str]) -> dict[str, Any] | None:
+    """The CALLR Sendr AutoStopConditions object from the CLI's flags (None: no auto-stop)."""
+    if answered is None and not keys:
+        return None
+    conditions: dict[str, Any] = {"enabled": True}
+    if answered is not None:
+        conditions["per_answer_count"] = {"enabled": True, "count": answered}
+    if keys:
+        per_key: dict[str, Any] = {"enabled": True}
+        for item in keys:
+            key, _, count = item.partition("=")
+            if key not in tuple("0123456789") or not count.isdigit():
+                raise SystemExit(f"--auto-stop-key {item!r}: expected K=N with K a digit 0-9")
+            per_key[f"key_{key}"] = int(count)
+        conditions["per_key"] = per_key
+    return conditions
+
+
 def cmd_campaign(args: argparse.Namespace) -> int:
     settings = _settings(args)
     now = SystemClock().now()
@@ -189,11 +246,22 @@ def cmd_campaign(args: argparse.Namespace) -> int:
                 ends_at=args.ends_at,
                 time_zone=args.time_zone,
                 business_hours=args.business_hours,
+                pacing_mode=args.pacing_mode,
+                pacing_settings=args.pacing_settings,
+                agents_logged_in=args.agents,
+                callee_window_start=None if args.callee_window is None else args.callee_window[0],
+                callee_window_end=None if args.callee_window is None else args.callee_window[1],
+                abandon_lockout_seconds=args.abandon_lockout_seconds,
+                amd_policy=args.amd_policy,
+                auto_stop_conditions=_auto_stop(args.auto_stop_answered, args.auto_stop_key),
             )
             row = await campaigns.create(conn, spec, now)
             if args.start:
                 row = await campaigns.transition(conn, args.name, "start", now)
             return campaigns.to_json(row)
+        if args.action == "agents":
+            row = await campaigns.get(conn, args.name)
+            return campaigns.to_json(await campaigns.set_agents(conn, row["id"], args.logged_in, now))
         if args.action == "show":
             return await campaigns.summary(conn, args.name)
         if args.action == "list":
@@ -325,6 +393,13 @@ def build_parser() -> argparse.ArgumentParser:
     tsub.add_parser("create", help="create a token (shown once)").add_argument("name")
     tsub.add_parser("revoke").add_argument("name")
     tsub.add_parser("list")
+    cp = sub.add_parser("compliance", help="attempt caps per phone across all campaigns (prints JSON)")
+    cpsub = cp.add_subparsers(dest="action", required=True)
+    cpsub.add_parser("show")
+    cset = cpsub.add_parser("set", help="replace the caps (an omitted cap is removed)")
+    cset.add_argument("--max-attempts-per-24h", type=int)
+    cset.add_argument("--max-attempts-lifetime", type=int)
+    cp.set_defaults(fn=cmd_compliance)
     t.set_defaults(fn=cmd_token)
 
     c = sub.add_parser("campaign", help="manage campaigns (prints JSON)")
@@ -348,6 +423,44 @@ def build_parser() -> argparse.ArgumentParser:
         help="JSON list, or e.g. 'mon-fri 0900-1700; sat 1000-1400; fri 2200-0600'",
     )
     create.add_argument("--start", action="store_true", help="start dialing right away")
+    create.add_argument(
+        "--pacing-mode", choices=("agentless", "progressive", "predictive"), default="agentless"
+    )
+    create.add_argument("--agents", type=int, default=0, help="agents logged in (progressive/predictive)")
+    create.add_argument(
+        "--pacing-settings",
+        type=_json_object,
+        help="JSON object of PacingSettings overrides (scheduler/PACING.md)",
+    )
+    create.add_argument(
+        "--callee-window",
+        type=_callee_window,
+        default=compliance.DEFAULT_WINDOW,
+        help="calling window in the callee's local time(s), e.g. 0800-2100 (default), or 'off'",
+    )
+    create.add_argument(
+        "--abandon-lockout-seconds",
+        type=int,
+        default=compliance.DEFAULT_ABANDON_LOCKOUT_SECONDS,
+        help="no redial of a phone this long after an abandoned call (default 72 h; 0 = off)",
+    )
+    create.add_argument(
+        "--amd-policy",
+        choices=compliance.AMD_POLICIES,
+        default="retry",
+        help="what an answering machine does",
+    )
+    create.add_argument("--auto-stop-answered", type=int, metavar="N", help="stop after N answered calls")
+    create.add_argument(
+        "--auto-stop-key",
+        metavar="K=N",
+        action="append",
+        default=[],
+        help="stop after N presses of key K (0-9)",
+    )
+    agents = csub.add_parser("agents", help="set the agents logged in now")
+    agents.add_argument("name")
+    agents.add_argument("logged_in", type=int)
     for action in ("show", "pause", "resume", "stop", "start"):
         csub.add_parser(action).add_argument("name")
     csub.add_parser("list")

@@ -70,6 +70,7 @@ async def migrate(conn: asyncpg.Connection) -> list[str]:
             applied.append(version)
             log.info("applied migration %s", version)
         await _sync_phone_rules(conn)
+        await _sync_phone_zones(conn)
     finally:
         await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)
     return applied
@@ -98,6 +99,38 @@ async def _sync_phone_rules(conn: asyncpg.Connection) -> None:
             version,
         )
     log.info("phone validation rules refreshed (%s)", version)
+
+
+async def _sync_phone_zones(conn: asyncpg.Connection) -> None:
+    """Refresh the callee time-zone tables (dialer/zones.py) when phonenumbers or the server's zone
+    list changed, so dialer_callee_zones() decides as phonenumbers does on every enqueue path."""
+    import phonenumbers
+
+    from dialer.zones import sql_nongeo_patterns, sql_phone_zones
+
+    if await conn.fetchval("SELECT to_regclass('dialer_phone_zone')") is None:
+        return  # a database migrated only part-way (tests replaying early migrations)
+    known = [r["name"] for r in await conn.fetch("SELECT name FROM pg_timezone_names")]
+    version = f"phonenumbers {phonenumbers.__version__}, {len(known)} zones"
+    if await conn.fetchval("SELECT value FROM dialer_meta WHERE key = 'phone_zones'") == version:
+        return
+    async with conn.transaction():
+        await conn.execute("DELETE FROM dialer_phone_zone")
+        await conn.execute("DELETE FROM dialer_phone_nongeo")
+        await conn.copy_records_to_table(
+            "dialer_phone_zone", records=sql_phone_zones(known), columns=["prefix", "zones"]
+        )
+        await conn.copy_records_to_table(
+            "dialer_phone_nongeo",
+            records=sql_nongeo_patterns(),
+            columns=["calling_code", "nongeo", "mobile", "fixed"],
+        )
+        await conn.execute(
+            "INSERT INTO dialer_meta (key, value) VALUES ('phone_zones', $1)"
+            " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            version,
+        )
+    log.info("callee time-zone tables refreshed (%s)", version)
 
 
 class EmbeddedPostgres:

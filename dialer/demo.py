@@ -115,6 +115,9 @@ async def _demo(
                 max_concurrent_calls=60 + 20 * i,
                 max_calls_per_second=40 + 10 * i,
                 time_zone=("America/New_York", "Europe/London", "Asia/Jerusalem")[i % 3],
+                # Simulated callees: the demo dials at any hour (the gate still runs, always open).
+                callee_window_start=0,
+                callee_window_end=1440,
             )
             row = await campaigns.create(conn, spec, now)
             csv = tmp / f"{name}.csv"

@@ -47,6 +47,25 @@ _HOURS_ENTRY = _obj(
     additionalProperties=False,
 )
 
+_PACING_SETTINGS = (
+    "max_abandon_rate",
+    "abandon_aim_fraction",
+    "max_dial_ratio",
+    "min_observations",
+    "warm_up_seconds",
+    "abandon_after_seconds",
+    "wrap_up_seconds",
+    "window_seconds",
+    "emergency_window_answered",
+    "emergency_abandon_rate",
+    "base_risk_factor",
+    "correction_gain",
+    "max_correction",
+)
+_PACING_INT_SETTINGS = ("min_observations", "warm_up_seconds", "window_seconds", "emergency_window_answered")
+_NULLABLE_NUMBER = {"type": ["number", "null"]}
+_BY_WINDOW = _obj({w: _NULLABLE_NUMBER for w in ("24h", "30d", "lifetime")}, ["24h", "30d", "lifetime"])
+
 _CAMPAIGN_SETTINGS: dict[str, Any] = {
     "name": {"type": "string", "minLength": 1, "maxLength": 200},
     "provider": {
@@ -71,6 +90,55 @@ _CAMPAIGN_SETTINGS: dict[str, Any] = {
     },
     "webhook_url": {"type": ["string", "null"], "format": "uri", "maxLength": 2000},
     "webhook_attempt_events": {"type": "boolean"},
+    "callee_window_start": {
+        "type": ["integer", "null"],
+        "minimum": 0,
+        "maximum": 1439,
+        "description": "Calling window start in the callee's zone(s), minutes after midnight (480 = 08:00); "
+        "null together with callee_window_end: no window",
+    },
+    "callee_window_end": {
+        "type": ["integer", "null"],
+        "minimum": 1,
+        "maximum": 1440,
+        "description": "Window end, minutes after midnight (1260 = 21:00); at or before the start crosses midnight",
+    },
+    "abandon_lockout_seconds": _int(0, 31_536_000, "No redial of a phone this long after an abandoned call"),
+    "amd_policy": {
+        "enum": ["retry", "final"],
+        "description": "Answering machine: retry after retry_wait_seconds, or final (a message was left)",
+    },
+    "auto_stop_conditions": {
+        "type": ["object", "null"],
+        "description": "CALLR Sendr AutoStopConditions: stop after N answered calls or N presses of a key",
+        "properties": {
+            "enabled": {"type": "boolean"},
+            "per_answer_count": _obj(
+                {"enabled": {"type": "boolean"}, "count": _int(0, 10_000_000)}, [], additionalProperties=False
+            ),
+            "per_key": _obj(
+                {"enabled": {"type": "boolean"}, **{f"key_{k}": _int(0, 10_000_000) for k in range(10)}},
+                [],
+                additionalProperties=False,
+            ),
+        },
+        "additionalProperties": False,
+    },
+    "pacing_mode": {
+        "enum": ["agentless", "progressive", "predictive"],
+        "description": "agentless: the fixed caps; progressive: one line per free agent; predictive: "
+        "dial ahead of free agents toward an abandonment target",
+    },
+    "pacing_settings": {
+        "type": ["object", "null"],
+        "description": "Overrides of the predictive controller's settings (scheduler/PACING.md)",
+        "properties": {
+            name: ({"type": "integer"} if name in _PACING_INT_SETTINGS else {"type": "number"})
+            for name in _PACING_SETTINGS
+        },
+        "additionalProperties": False,
+    },
+    "agents_logged_in": _int(0, 100_000, "Agents taking this campaign's calls (also PUT .../agents)"),
 }
 
 _CAMPAIGN_ATTRIBUTES = _obj(
@@ -98,6 +166,11 @@ _NUMBER_ATTRIBUTES = _obj(
         "dials": {"type": "integer", "minimum": 0},
         "next_attempt_at": _TIME,
         "last_outcome": _NULLABLE_STRING,
+        "held_reason": {
+            "enum": ["callee_window", "attempt_cap", "abandon_lockout", None],
+            "description": "The dispatch gate that last held the number back (cleared when dialed)",
+        },
+        "callee_zones": {"type": ["array", "null"], "items": {"type": "string"}},
         "created_at": _TIME,
         "updated_at": _TIME,
     },
@@ -287,6 +360,57 @@ def spec() -> dict[str, Any]:
         {"data": {"oneOf": [suppression_item, {"type": "array", "items": suppression_item, "minItems": 1}]}},
         ["data"],
     )
+    nullable_int = {"type": ["integer", "null"]}
+    agents_resource = _obj(
+        {
+            "type": {"const": "agents"},
+            "id": {"type": "string"},
+            "attributes": _obj(
+                {"logged_in": {"type": "integer"}, "free": nullable_int, "busy": nullable_int},
+                ["logged_in", "free", "busy"],
+            ),
+        },
+        ["type", "id", "attributes"],
+    )
+    pacing_resource = _obj(
+        {
+            "type": {"const": "campaign-pacing"},
+            "id": {"type": "string"},
+            "attributes": _obj(
+                {
+                    "pacing_mode": {"enum": ["agentless", "progressive", "predictive"]},
+                    "pacing_settings": {"type": "object"},
+                    "agents_logged_in": {"type": "integer"},
+                    "budget": nullable_int,
+                    "ticked_at": {"type": ["string", "null"], "format": "date-time"},
+                    "reason": _NULLABLE_STRING,
+                    "new_attempts": nullable_int,
+                    "dial_ratio": _NULLABLE_NUMBER,
+                    "hit_rate": _obj(
+                        {"predicted": _NULLABLE_NUMBER, "observed": _NULLABLE_NUMBER},
+                        ["predicted", "observed"],
+                    ),
+                    "abandon_rate": _BY_WINDOW,
+                    "answered": _BY_WINDOW,
+                    "abandoned": _BY_WINDOW,
+                    "agents": _obj({"free": nullable_int, "busy": nullable_int}, ["free", "busy"]),
+                    "occupancy": _NULLABLE_NUMBER,
+                    "ringing": nullable_int,
+                    "answered_waiting": nullable_int,
+                },
+                [
+                    "pacing_mode",
+                    "agents_logged_in",
+                    "reason",
+                    "dial_ratio",
+                    "hit_rate",
+                    "abandon_rate",
+                    "agents",
+                ],
+            ),
+        },
+        ["type", "id", "attributes"],
+    )
     status_attributes = _obj(
         {
             "state": {"type": "string"},
@@ -415,6 +539,43 @@ def spec() -> dict[str, Any]:
                 },
                 tags=["campaigns"],
                 operation_id="campaignStatus",
+            ),
+        },
+        "/v1/campaigns/{id}/agents": {
+            "parameters": [campaign_id],
+            "put": _op(
+                "Report the agents logged in now (progressive and predictive campaigns)",
+                {"200": _json(_obj({"data": agents_resource}, ["data"]), "The agents as now known")},
+                body=_doc_body(
+                    _obj(
+                        {
+                            "data": _obj(
+                                {
+                                    "type": {"const": "agents"},
+                                    "attributes": _obj(
+                                        {"logged_in": _int(0, 100_000)},
+                                        ["logged_in"],
+                                        additionalProperties=False,
+                                    ),
+                                },
+                                ["type", "attributes"],
+                            )
+                        },
+                        ["data"],
+                    ),
+                    "Agents logged in",
+                ),
+                tags=["campaigns"],
+                operation_id="setCampaignAgents",
+            ),
+        },
+        "/v1/campaigns/{id}/pacing": {
+            "parameters": [campaign_id],
+            "get": _op(
+                "The pacing controller's last decision: dial ratio, hit rate, abandonment, agents",
+                {"200": _json(_obj({"data": pacing_resource}, ["data"]), "Pacing state")},
+                tags=["campaigns"],
+                operation_id="campaignPacing",
             ),
         },
         "/v1/campaigns/{id}/numbers": {
@@ -653,6 +814,49 @@ def spec() -> dict[str, Any]:
                 operation_id="getCall",
             ),
         },
+        "/v1/compliance": {
+            "get": _op(
+                "Attempt caps per phone across all campaigns",
+                {"200": _json(_single("Compliance"), "The caps (null = no cap)")},
+                tags=["compliance"],
+                operation_id="getCompliance",
+            ),
+            "put": _op(
+                "Set the attempt caps per phone across all campaigns",
+                {"200": _json(_single("Compliance"), "The caps now in force")},
+                body=_doc_body(
+                    _obj(
+                        {
+                            "data": _obj(
+                                {
+                                    "type": {"const": "compliance"},
+                                    "attributes": _obj(
+                                        {
+                                            "max_attempts_per_24h": {
+                                                "type": ["integer", "null"],
+                                                "minimum": 1,
+                                                "maximum": 1000,
+                                            },
+                                            "max_attempts_lifetime": {
+                                                "type": ["integer", "null"],
+                                                "minimum": 1,
+                                                "maximum": 1000,
+                                            },
+                                        },
+                                        additionalProperties=False,
+                                    ),
+                                },
+                                ["type", "attributes"],
+                            )
+                        },
+                        ["data"],
+                    ),
+                    "Caps; an omitted or null cap is removed",
+                ),
+                tags=["compliance"],
+                operation_id="putCompliance",
+            ),
+        },
         "/v1/cdr.csv": {
             "get": _op(
                 "Export one number's CDRs as CSV (optionally within one campaign)",
@@ -693,6 +897,21 @@ def spec() -> dict[str, Any]:
                     ["type", "id", "attributes"],
                 ),
                 "Relation": _RELATION,
+                "Compliance": _obj(
+                    {
+                        "type": {"const": "compliance"},
+                        "id": {"type": "string"},
+                        "attributes": _obj(
+                            {
+                                "max_attempts_per_24h": {"type": ["integer", "null"]},
+                                "max_attempts_lifetime": {"type": ["integer", "null"]},
+                                "updated_at": _NULLABLE_TIME,
+                            },
+                            ["max_attempts_per_24h", "max_attempts_lifetime", "updated_at"],
+                        ),
+                    },
+                    ["type", "id", "attributes"],
+                ),
                 "ErrorDocument": _obj(
                     {
                         "errors": {

@@ -651,6 +651,21 @@ class SimulatorState:
         self._finish(live, "canceled", _CANCELED_CODES)
         return True
 
+    def hangup_call(self, call: CallView) -> bool:
+        """End a live call as the dialer would: canceled if not yet answered, completed (talk cut
+        short) if answered. False when it is over already."""
+        live = self._live.get(call.attempt_id)
+        if live is None or live is not call:
+            return False
+        if live.status != "in-progress":
+            return self.cancel_call(live)
+        if live.timer is not None:
+            live.timer.cancel()
+        assert live.answered_wall is not None
+        live.talk_seconds = max(0.0, (time.time() - live.answered_wall) / self.config.time_scale)
+        self._finish(live, "answered")
+        return True
+
     def cancel(self, attempt_id: str) -> dict[str, Any] | None:
         """End a not-yet-answered call as canceled; None when it is unknown, answered or over."""
         call = self._live.get(attempt_id)

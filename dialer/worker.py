@@ -21,7 +21,7 @@ from typing import Any, TypeAlias
 import asyncpg
 
 import metrics
-from dialer import webhooks
+from dialer import pacer, webhooks
 from dialer.breaker import CircuitBreaker
 from dialer.clock import Clock
 from dialer.providers.base import (
@@ -99,6 +99,12 @@ class Worker:
         self._listener: asyncpg.pool.PoolConnectionProxy[asyncpg.Record] | None = None
         self._callback_base = settings.callback_base_url + "/callbacks/"
         self.webhooks: webhooks.WebhookDeliverer | None = None
+        # Pacing: answers and hang-ups of agent campaigns wake the pacer at once (bridging cannot
+        # wait for the next tick: the abandon grace is two seconds).
+        self._pace_wake = asyncio.Event()
+        self._pace_interval = min(0.5, settings.maintenance_interval_seconds)
+        self._agent_campaigns: list[int] = []
+        self._hangups: set[asyncio.Task[None]] = set()
         self._token_secret = settings.callback_secret.get().encode()
         self.breakers = {
             name: CircuitBreaker(
@@ -132,6 +138,7 @@ class Worker:
             asyncio.create_task(
                 self._periodic(self.settings.stats_interval_seconds, self.refresh_stats), name="stats"
             ),
+            asyncio.create_task(self._pacer(), name="pacer"),
         ]
         # Bounded by its own concurrency and HTTP session, off the dial slots; None when off here.
         self.webhooks = webhooks.create_deliverer(self.settings, self.pool, self.clock)
@@ -189,9 +196,9 @@ class Worker:
             if close_http is not None:
                 await close_http()
         finally:
-            for task in side:
+            for task in [*side, *self._hangups]:
                 task.cancel()
-            await asyncio.gather(*side, return_exceptions=True)
+            await asyncio.gather(*side, *self._hangups, return_exceptions=True)
             with contextlib.suppress(Exception):
                 await self.flush()
             if self._listener is not None:
@@ -421,6 +428,8 @@ class Worker:
         for a in buffers.answered:
             if a[3] is not None and not a[3].done():
                 a[3].set_result(None)
+        if self._agent_campaigns and (buffers.answered or buffers.outcomes):
+            self._pace_wake.set()  # an answer to bridge, or an agent freed for a waiting one
 
     async def _record(self, conn: Conn, items: Sequence[_Outcome], now: dt.datetime) -> None:
         results, rows = await apply_outcomes(
@@ -460,6 +469,66 @@ class Worker:
         async with self.pool.acquire() as conn:
             for row in await conn.fetch(Q.finish_campaigns, now):
                 log.info("campaign %s finished", row["name"])
+
+    async def _pacer(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._pace_wake.wait(), self._pace_interval)
+            self._pace_wake.clear()
+            try:
+                await self.pace()
+            except (asyncpg.PostgresConnectionError, OSError) as exc:
+                log.warning("pacing failed, retrying: %s", exc)
+
+    async def pace(self) -> None:
+        """Bridge and tick every running agent campaign; each tick is due once per pacing interval
+        across all workers, and the one that takes the campaign's row lock does it."""
+        async with self.pool.acquire() as conn:
+            self._agent_campaigns = [r["id"] for r in await conn.fetch(Q.pacing_campaigns)]
+            for campaign_id in self._agent_campaigns:
+                now = self.clock.now()
+                # 0.9: a pass that wakes a little early must not skip its tick for a whole interval.
+                result = await pacer.tick(conn, campaign_id, now, 0.9 * self._pace_interval)
+                if result is None:
+                    changed = await pacer.bridge(conn, campaign_id, now)
+                    abandoned = [r for r in changed if r["action"] == "abandoned"]
+                else:
+                    abandoned = result.abandoned
+                    self._report_pacing(result)
+                    if result.decision.new_attempts:
+                        self._wake.set()
+                for row in abandoned:
+                    self._hang_up(row)
+
+    def _report_pacing(self, result: pacer.TickResult) -> None:
+        label = self.labels(result.campaign)
+        d, e = result.decision, result.estimates
+        metrics.DIAL_RATIO.labels(label).set(d.dial_ratio)
+        metrics.HIT_RATE.labels(label, "predicted").set(d.hit_rate)
+        metrics.HIT_RATE.labels(label, "observed").set(result.hit_rate_observed)
+        metrics.ABANDON_RATE.labels(label, "24h").set(e.abandon_rate_24h)
+        metrics.ABANDON_RATE.labels(label, "lifetime").set(e.abandon_rate_lifetime)
+        metrics.AGENTS.labels(label, "free").set(result.state.agents_free)
+        metrics.AGENTS.labels(label, "busy").set(result.agents_busy)
+        metrics.AGENT_OCCUPANCY.labels(label).set(result.occupancy)
+
+    def _hang_up(self, row: asyncpg.Record) -> None:
+        """Ask the provider to end an abandoned call (a real dialer plays its message and hangs up
+        rather than leave a person holding a silent line). Best effort: the abandonment is recorded
+        whether or not the provider can end an answered call."""
+        provider = self.providers.get(row["provider"])
+        if provider is None:
+            return
+
+        async def hang_up() -> None:
+            try:
+                await provider.hangup(str(row["attempt_id"]), row["provider_call_id"])
+            except (ProviderUnavailable, OSError) as exc:
+                log.warning("hangup of abandoned call %s failed: %s", row["attempt_id"], exc)
+
+        task = asyncio.create_task(hang_up())
+        self._hangups.add(task)
+        task.add_done_callback(self._hangups.discard)
 
     async def poll_providers(self) -> None:
         """Apply outcomes that pull-model providers report when asked rather than by callback."""
@@ -606,6 +675,7 @@ class Worker:
         now = self.clock.now()
         async with self.pool.acquire() as conn:
             rows = await conn.fetch(Q.backlog_stats, now)
+            held = await conn.fetch(Q.held_back_stats, now)
             await webhooks.refresh_gauges(conn)
         metrics.HELD_BACK.clear()
         for r in rows:
@@ -619,6 +689,10 @@ class Worker:
             metrics.OLDEST_DUE.labels(label).set(oldest.timestamp() if oldest else 0)
             if due:
                 metrics.HELD_BACK.labels(label, held_back_reason(r)).set(due)
+        # Numbers a compliance gate rescheduled (callee_window, attempt_cap, abandon_lockout): not
+        # due, so not in the backlog above, but an operator asking "why is it not dialing?" needs them.
+        for h in held:
+            metrics.HELD_BACK.labels(self.labels(h["name"]), h["reason"]).set(h["held"])
 
 
 def held_back_reason(r: asyncpg.Record | dict[str, Any]) -> str:
@@ -653,7 +727,7 @@ async def apply_outcomes(
     first: dict[uuid.UUID, CallEvent] = {}
     for event in events:
         first.setdefault(uuid.UUID(event.attempt_id), event)
-    cols: list[list[Any]] = [[] for _ in range(13)]
+    cols: list[list[Any]] = [[] for _ in range(14)]
     for key, e in first.items():
         assert e.outcome is not None
         klass = classify(e.outcome)
@@ -671,10 +745,11 @@ async def apply_outcomes(
             e.raw_cause,
             e.sip_code,
             e.call_id,
+            e.dtmf,
         )
         for col, value in zip(cols, values, strict=True):
             col.append(value)
-    rows = list(await conn.fetch(Q.record_outcomes, *cols, now, requeue_seconds))
+    rows = list(await conn.fetch(Q.record_outcomes_keys, *cols, now, requeue_seconds))
     applied = {r["attempt_id"] for r in rows}
     missing = [k for k in first if k not in applied]
     known = {r["id"] for r in await conn.fetch(Q.attempts_known, missing)} if missing else set()

@@ -68,8 +68,9 @@ OLDEST_DUE = Gauge(
 )
 HELD_BACK = Gauge(
     "dialer_held_back",
-    "Due numbers not dialing, by the reason that holds them (concurrency_cap, rate_limit, business_hours, "
-    "paused, not_started, outside_dates).",
+    "Numbers not dialing, by the reason that holds them: due ones (concurrency_cap, rate_limit, business_hours, "
+    "paused, not_started, outside_dates) and ones a compliance gate rescheduled (callee_window, attempt_cap, "
+    "abandon_lockout).",
     ["campaign", "reason"],
     registry=REGISTRY,
 )

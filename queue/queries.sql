@@ -132,14 +132,18 @@ SELECT coalesce(outcome, state) AS outcome, count(*)::bigint AS n
 
 -- name: stage_create
 CREATE TEMPORARY TABLE dialer_stage (
-    line integer, phone text, caller_id text, dtmf text, priority integer, payload jsonb
+    line integer, phone text, caller_id text, dtmf text, priority integer, payload jsonb, callee_zones text[]
 ) ON COMMIT DROP;
+
+-- name: known_zones
+SELECT name FROM pg_timezone_names;
 
 -- name: stage_merge
 -- ON CONFLICT DO NOTHING makes a re-run of the same file add nothing.
 INSERT INTO dialer_number (campaign_id, phone, caller_id, dtmf, priority, payload, next_attempt_at,
-                           created_at, updated_at)
-SELECT $1, s.phone, s.caller_id, s.dtmf, coalesce(s.priority, 0), s.payload, $2, $2, $2
+                           created_at, updated_at, callee_zones)
+SELECT $1, s.phone, s.caller_id, s.dtmf, coalesce(s.priority, 0), s.payload, $2, $2, $2,
+       s.callee_zones  -- the calling-window gate's zones, derived by dialer.zones.ZoneResolver
   FROM dialer_stage s
  ORDER BY s.line  -- within one file, the first copy of a duplicate wins
 ON CONFLICT (campaign_id, phone) DO NOTHING;
@@ -443,3 +447,118 @@ SELECT e.*, count(*) OVER () AS total,
 
 -- name: api_campaign_lock
 SELECT * FROM dialer_campaign WHERE id = $1 FOR UPDATE;
+
+-- ==== pacing and agents ====
+
+-- name: pacing_campaigns
+-- Agent campaigns the pacing loop bridges (and, if running, ticks): a paused or stopped campaign
+-- still has calls out that people may answer, and they need an agent just the same.
+SELECT c.id FROM dialer_campaign c
+ WHERE c.pacing_mode <> 'agentless'
+   AND (c.status = 'running'
+        OR EXISTS (SELECT 1 FROM dialer_attempt a WHERE a.campaign_id = c.id AND a.state <> 'ended'))
+ ORDER BY c.id;
+
+-- name: pacing_lock
+-- One worker ticks a campaign at a time (SKIP LOCKED: the others move on), and not more often than
+-- the tick interval whichever worker did the last one. Holding this lock also keeps the claim off
+-- the campaign, so the tick sees every attempt committed before it and none appears meanwhile.
+SELECT id, name, pacing_mode, pacing_settings, agents_logged_in, pacing_state, pacing_seen, pacing_ticked_at
+  FROM dialer_campaign
+ WHERE id = $1::bigint AND status = 'running' AND pacing_mode <> 'agentless'
+   AND (pacing_ticked_at IS NULL
+        OR pacing_ticked_at <= $2::timestamptz - make_interval(secs => $3::double precision))
+   FOR UPDATE SKIP LOCKED;
+
+-- name: bridge
+SELECT * FROM dialer_bridge($1::bigint, $2::timestamptz);
+
+-- name: pacing_attempts
+-- What the tick must look at: live attempts (partial live index), attempts started since the last
+-- tick (claimed index), and those it fed before and has not finished with (by primary key).
+-- Bounded by calls in flight plus recent starts, never by the campaign's history.
+SELECT a.id, a.state, a.outcome, a.claimed_at, a.answered_at, a.ended_at, a.bridged_at, a.abandoned_at,
+       a.agent_released_at
+  FROM dialer_attempt a WHERE a.campaign_id = $1::bigint AND a.state <> 'ended'
+UNION
+SELECT a.id, a.state, a.outcome, a.claimed_at, a.answered_at, a.ended_at, a.bridged_at, a.abandoned_at,
+       a.agent_released_at
+  FROM dialer_attempt a WHERE a.campaign_id = $1::bigint AND a.claimed_at > $2::timestamptz
+UNION
+SELECT a.id, a.state, a.outcome, a.claimed_at, a.answered_at, a.ended_at, a.bridged_at, a.abandoned_at,
+       a.agent_released_at
+  FROM dialer_attempt a WHERE a.id = ANY ($3::uuid[]) AND a.campaign_id = $1::bigint;
+
+-- name: pacing_busy
+-- Busy agents (bridged, not released), through the partial busy index.
+SELECT a.bridged_at
+  FROM dialer_attempt a
+ WHERE a.campaign_id = $1::bigint AND a.bridged_at IS NOT NULL
+   AND (a.agent_released_at IS NULL OR a.agent_released_at > $2::timestamptz);
+
+-- name: pacing_save
+-- The budget is overwritten, never added to: a tick's decision replaces the last one, whatever of
+-- it the claim has not spent.
+UPDATE dialer_campaign
+   SET pacing_budget = $2::integer, pacing_state = $3::jsonb, pacing_seen = $4::jsonb,
+       pacing_decision = $5::jsonb, pacing_ticked_at = $6::timestamptz
+ WHERE id = $1::bigint;
+
+-- name: notify_due
+SELECT pg_notify('dialer_due', '');
+
+-- name: campaign_set_agents
+-- Agents reported live by upstream (or set by an operator). Fewer agents take effect at the next
+-- bridge and tick; calls already bridged keep their agent.
+UPDATE dialer_campaign SET agents_logged_in = $2::integer, updated_at = $3::timestamptz
+ WHERE id = $1::bigint
+RETURNING *;
+
+-- name: campaign_set_pacing
+UPDATE dialer_campaign
+   SET pacing_mode = $2::text, pacing_settings = $3::jsonb, agents_logged_in = $4::integer,
+       updated_at = $5::timestamptz
+ WHERE id = $1::bigint
+RETURNING *;
+
+-- ==== compliance ====
+
+-- name: record_outcomes_keys
+-- record_outcomes plus the keys each callee pressed (auto-stop per key).
+SELECT * FROM dialer_record_outcomes($1::uuid[], $2::text[], $3::boolean[], $4::boolean[], $5::text[],
+    $6::timestamptz[], $7::timestamptz[], $8::double precision[], $9::integer[], $10::text[], $11::text[],
+    $12::integer[], $13::text[], $14::text[], $15::timestamptz, $16::integer);
+
+-- name: held_back_stats
+-- Numbers a dispatch gate is holding back, by campaign and reason (the held partial index only:
+-- numbers whose hold has run out are due again and counted by backlog_stats instead).
+SELECT c.name, n.held_reason AS reason, count(*) AS held
+  FROM dialer_number n
+  JOIN dialer_campaign c ON c.id = n.campaign_id
+ WHERE n.held_reason IS NOT NULL AND n.status IN ('untried', 'retry_wait')
+   AND n.next_attempt_at > $1::timestamptz
+   AND c.status IN ('running', 'paused', 'created')
+ GROUP BY c.name, n.held_reason;
+
+-- name: campaign_set_compliance
+-- The compliance settings of one campaign, written after campaign_insert / api_campaign_update in
+-- the same transaction (kept apart so the pacing columns and these change independently).
+UPDATE dialer_campaign
+   SET callee_window_start = $2, callee_window_end = $3, abandon_lockout_seconds = $4, amd_policy = $5,
+       auto_stop_conditions = $6,
+       -- New conditions count from now on.
+       auto_stop_counts = CASE WHEN auto_stop_conditions IS DISTINCT FROM $6 THEN '{}'::jsonb
+                               ELSE auto_stop_counts END
+ WHERE id = $1
+RETURNING *;
+
+-- name: compliance_get
+SELECT max_attempts_per_24h, max_attempts_lifetime, updated_at FROM dialer_compliance;
+
+-- name: compliance_set
+INSERT INTO dialer_compliance (id, max_attempts_per_24h, max_attempts_lifetime, updated_at)
+VALUES (true, $1, $2, $3)
+ON CONFLICT (id) DO UPDATE
+   SET max_attempts_per_24h = excluded.max_attempts_per_24h,
+       max_attempts_lifetime = excluded.max_attempts_lifetime, updated_at = excluded.updated_at
+RETURNING max_attempts_per_24h, max_attempts_lifetime, updated_at;

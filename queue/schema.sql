@@ -43,6 +43,21 @@ CREATE TABLE dialer_campaign (
     pacing_state              jsonb,
     pacing_budget             integer NOT NULL DEFAULT 0 CHECK (pacing_budget >= 0),
     pacing_ticked_at          timestamptz,
+    -- The tick's bookkeeping (events of recent attempts already fed, occupancy and hit counters)
+    -- and its last decision, for GET /v1/campaigns/{id}/pacing.
+    pacing_seen               jsonb,
+    pacing_decision           jsonb,
+    -- Compliance (issue 6). The callee-local calling window in minutes after local midnight (both
+    -- NULL: off; end at or before start crosses midnight), the abandoned-call lockout, the
+    -- answering-machine policy, and CALLR Sendr-style auto-stop conditions with their counters.
+    callee_window_start       integer DEFAULT 480 CHECK (callee_window_start BETWEEN 0 AND 1439),
+    callee_window_end         integer DEFAULT 1260 CHECK (callee_window_end BETWEEN 1 AND 1440),
+    abandon_lockout_seconds   integer NOT NULL DEFAULT 259200 CHECK (abandon_lockout_seconds BETWEEN 0 AND 31536000),
+    amd_policy                text NOT NULL DEFAULT 'retry' CHECK (amd_policy IN ('retry', 'final')),
+    auto_stop_conditions      jsonb CHECK (auto_stop_conditions IS NULL OR jsonb_typeof(auto_stop_conditions) = 'object'),
+    auto_stop_counts          jsonb NOT NULL DEFAULT '{}'::jsonb,
+    CONSTRAINT dialer_campaign_callee_window_check
+        CHECK ((callee_window_start IS NULL) = (callee_window_end IS NULL) AND callee_window_start <> callee_window_end),
     CHECK (ends_at IS NULL OR starts_at IS NULL OR ends_at > starts_at),
     CHECK (window_closes_at IS NULL OR window_closes_at > window_opens_at)
 );
@@ -65,6 +80,10 @@ CREATE TABLE dialer_number (
     last_outcome    text,
     created_at      timestamptz NOT NULL DEFAULT now(),
     updated_at      timestamptz NOT NULL DEFAULT now(),
+    -- The callee's zones from the number (dialer_callee_zones); NULL when unknown: the campaign's
+    -- zone applies. held_reason: the gate that last held the number back, cleared when dialed.
+    callee_zones    text[],
+    held_reason     text CHECK (held_reason IN ('callee_window', 'attempt_cap', 'abandon_lockout')),
     -- Idempotent enqueue: the same number twice in one campaign is one work item.
     UNIQUE (campaign_id, phone)
 );
@@ -75,6 +94,9 @@ CREATE INDEX dialer_number_due_idx ON dialer_number (campaign_id, priority DESC,
     WHERE status IN ('untried', 'retry_wait');
 -- Phone lookups across campaigns: suppression at dispatch, the API's phone filters.
 CREATE INDEX dialer_number_phone_idx ON dialer_number (phone);
+-- Held numbers by campaign and reason for the stats gauge, without reading the whole queue.
+CREATE INDEX dialer_number_held_idx ON dialer_number (campaign_id, held_reason, next_attempt_at)
+    WHERE held_reason IS NOT NULL AND status IN ('untried', 'retry_wait');
 
 CREATE TABLE dialer_worker (
     id           uuid PRIMARY KEY,
@@ -115,7 +137,18 @@ CREATE TABLE dialer_attempt (
     consumed_attempt  boolean,
     decision          text CHECK (decision IN ('final', 'retry', 'exhausted', 'requeue')),
     next_attempt_at   timestamptz,
-    CHECK ((state = 'ended') = (outcome IS NOT NULL AND ended_at IS NOT NULL AND decision IS NOT NULL))
+    -- The keys the callee pressed, as the provider reports them (auto-stop per key).
+    dtmf_pressed      text CHECK (length(dtmf_pressed) <= 200),
+    -- Agent campaigns: an answered call is bridged to a free agent or abandoned after waiting
+    -- abandon_after_seconds; a bridged call's agent is released at its end plus wrap-up.
+    bridged_at        timestamptz,
+    abandoned_at      timestamptz,
+    agent_released_at timestamptz,
+    CHECK ((state = 'ended') = (outcome IS NOT NULL AND ended_at IS NOT NULL AND decision IS NOT NULL)),
+    CONSTRAINT dialer_attempt_bridge_check CHECK (
+        (bridged_at IS NULL OR abandoned_at IS NULL)
+        AND (answered_at IS NOT NULL OR (bridged_at IS NULL AND abandoned_at IS NULL))
+        AND (agent_released_at IS NULL OR (bridged_at IS NOT NULL AND agent_released_at >= bridged_at)))
 );
 
 -- Invariant 1: a number never has two live attempts. The database refuses the second one, so no
@@ -127,7 +160,100 @@ CREATE INDEX dialer_attempt_live_idx ON dialer_attempt (campaign_id) WHERE state
 -- Starts in the last second, counted inside the claim (calls-per-second cap).
 CREATE INDEX dialer_attempt_claimed_idx ON dialer_attempt (campaign_id, claimed_at);
 CREATE INDEX dialer_attempt_deadline_idx ON dialer_attempt (deadline_at) WHERE state <> 'ended';
-CREATE INDEX dialer_attempt_number_idx ON dialer_attempt (number_id);
+-- By number and start: the per-phone gates read only the last 24 h / lockout period of a phone.
+CREATE INDEX dialer_attempt_number_claimed_idx ON dialer_attempt (number_id, claimed_at);
+
+-- Busy agents of a campaign: bridged and not released. Released rows sort before the open ones,
+-- so "released after now or not at all" reads only the busy tail, however long the history.
+CREATE INDEX dialer_attempt_agent_busy_idx ON dialer_attempt (campaign_id, agent_released_at)
+    WHERE bridged_at IS NOT NULL;
+
+-- An answered call of an agent campaign that ends: a bridged one frees its agent after wrap-up; one
+-- that was never bridged but stayed on the line past the grace is abandoned. In a trigger rather
+-- than in dialer_record_outcomes so every path that ends an attempt (callbacks, the sweeper, CDR
+-- imports) keeps the agent count right. The WHEN clause keeps it off unanswered calls entirely.
+CREATE FUNCTION dialer_attempt_agent_end() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    s jsonb;
+    grace interval;
+BEGIN
+    SELECT cp.pacing_settings INTO s FROM dialer_campaign cp
+     WHERE cp.id = NEW.campaign_id AND cp.pacing_mode <> 'agentless';
+    IF NOT FOUND THEN
+        RETURN NEW;
+    END IF;
+    IF NEW.bridged_at IS NOT NULL THEN
+        -- The defaults are scheduler.pacing.PacingSettings' (a test holds them together).
+        NEW.agent_released_at := greatest(NEW.ended_at, NEW.bridged_at)
+            + make_interval(secs => coalesce((s ->> 'wrap_up_seconds')::double precision, 0.0));
+    ELSIF NEW.outcome = 'answered_human' THEN
+        grace := make_interval(secs => coalesce((s ->> 'abandon_after_seconds')::double precision, 2.0));
+        IF NEW.ended_at >= NEW.answered_at + grace THEN
+            NEW.abandoned_at := NEW.answered_at + grace;
+        END IF;
+    END IF;
+    RETURN NEW;
+END;
+$$;
+
+CREATE TRIGGER dialer_attempt_agent_end BEFORE UPDATE ON dialer_attempt
+    FOR EACH ROW
+    WHEN (NEW.state = 'ended' AND OLD.state <> 'ended' AND NEW.answered_at IS NOT NULL
+          AND NEW.abandoned_at IS NULL)
+    EXECUTE FUNCTION dialer_attempt_agent_end();
+
+-- Bridge a campaign's waiting answered calls to free agents, oldest answer first, and abandon the
+-- ones that have waited past the grace. Returns what changed (the worker hangs up abandoned calls).
+--
+-- Atomic across workers: the campaign row is locked first (FOR UPDATE, blocking: an answer must not
+-- be skipped), then busy agents are counted in a fresh statement that sees every bridge the previous
+-- lock holder committed. So however many workers bridge at once, bridged-and-unreleased calls never
+-- exceed agents_logged_in at the moment of bridging.
+CREATE FUNCTION dialer_bridge(p_campaign bigint, p_now timestamptz)
+RETURNS TABLE (attempt_id uuid, action text, provider text, provider_call_id text)
+LANGUAGE plpgsql AS $$
+DECLARE
+    c     record;
+    busy  integer;
+    grace interval;
+BEGIN
+    SELECT cp.agents_logged_in, cp.pacing_mode, cp.pacing_settings INTO c
+      FROM dialer_campaign cp WHERE cp.id = p_campaign FOR UPDATE;
+    IF NOT FOUND OR c.pacing_mode = 'agentless' THEN
+        RETURN;
+    END IF;
+    grace := make_interval(secs => coalesce((c.pacing_settings ->> 'abandon_after_seconds')::double precision, 2.0));
+    SELECT count(*) INTO busy FROM dialer_attempt a
+     WHERE a.campaign_id = p_campaign AND a.bridged_at IS NOT NULL
+       AND (a.agent_released_at IS NULL OR a.agent_released_at > p_now);
+
+    RETURN QUERY
+    WITH waiting AS (
+        -- Row locks: an outcome being recorded for one of these wins or waits; after it commits the
+        -- row is re-checked and, ended, drops out (a hung-up call is never bridged).
+        SELECT a.id, a.answered_at, a.answered_at + grace <= p_now AS expired
+          FROM dialer_attempt a
+         WHERE a.campaign_id = p_campaign AND a.state = 'answered'
+           AND a.bridged_at IS NULL AND a.abandoned_at IS NULL
+           FOR UPDATE
+    ), ranked AS (
+        SELECT w.id, w.answered_at, w.expired,
+               row_number() OVER (PARTITION BY w.expired ORDER BY w.answered_at, w.id) AS k
+          FROM waiting w
+    ), changed AS (
+        UPDATE dialer_attempt a
+           SET bridged_at = CASE WHEN r.expired THEN NULL ELSE greatest(p_now, r.answered_at) END,
+               -- The moment it became abandoned, not the moment a worker noticed.
+               abandoned_at = CASE WHEN r.expired THEN r.answered_at + grace END
+          FROM ranked r
+         WHERE a.id = r.id AND (r.expired OR r.k <= c.agents_logged_in - busy)
+        RETURNING a.id, r.expired, a.provider, a.provider_call_id
+    )
+    SELECT ch.id, CASE WHEN ch.expired THEN 'abandoned' ELSE 'bridged' END, ch.provider, ch.provider_call_id
+      FROM changed ch;
+END;
+$$;
 
 -- Claimed and finished rows churn constantly: vacuum them early so the hot indexes stay small.
 ALTER TABLE dialer_number SET (autovacuum_vacuum_scale_factor = 0.02, autovacuum_analyze_scale_factor = 0.02);
@@ -156,6 +282,13 @@ CREATE TRIGGER dialer_number_notify AFTER INSERT ON dialer_number
 -- so the counts below, taken after the lock is granted, see every attempt that the previous
 -- holder committed. Counting inside a single SQL statement would use a snapshot taken before the
 -- lock wait and could overshoot the caps.
+--   * the compliance gates (issue 6): each eligible campaign is worked in two statements under
+-- its row lock: the first takes up to p_limit due numbers (FOR UPDATE SKIP
+-- LOCKED, claim order) and judges each against the gates, closing suppressed and capped-for-life
+-- numbers and rescheduling held ones to when their gate opens; the second dials the first k that
+-- passed. Held numbers are neither failed nor charged an attempt. Every gate is an index probe per
+-- number: suppression by phone, the phone's attempts in the last 24 h / lockout through
+-- (number_id, claimed_at), zones read from the number itself.
 CREATE FUNCTION dialer_claim(p_worker uuid, p_limit integer, p_now timestamptz, p_dial_timeout_seconds integer,
                              p_skip_providers text[])
 RETURNS TABLE (
@@ -179,7 +312,14 @@ DECLARE
     recent    integer;
     k         integer;
     got       integer;
+    taken_c   integer;
+    held      integer;
+    rounds    integer;
+    ok_ids    bigint[];
+    cap_day   integer;
+    cap_life  integer;
 BEGIN
+    SELECT cc.max_attempts_per_24h, cc.max_attempts_lifetime INTO cap_day, cap_life FROM dialer_compliance cc;
     FOR c IN
         SELECT cp.*
           FROM dialer_campaign cp
@@ -216,64 +356,149 @@ BEGIN
         END IF;
         CONTINUE WHEN k <= 0;
 
-        RETURN QUERY
-        WITH picked AS (
-            SELECT n.id,
-                   -- Suppression is checked here, at dispatch, so a do-not-call entry added after
-                   -- the number was queued still wins. Such a number is closed, never dialed.
-                   EXISTS (SELECT 1 FROM dialer_suppression s
-                            WHERE s.phone = n.phone AND (s.campaign_id IS NULL OR s.campaign_id = c.id))
-                       AS suppressed
-              FROM dialer_number n
-             WHERE n.campaign_id = c.id
-               AND n.status IN ('untried', 'retry_wait')
-               AND n.next_attempt_at <= p_now
-               AND n.attempts < 1 + c.max_retries
-             ORDER BY n.priority DESC, n.next_attempt_at, n.id
-             LIMIT k
-               FOR UPDATE OF n SKIP LOCKED
-        ), taken AS (
-            UPDATE dialer_number n
-               SET status = CASE WHEN picked.suppressed THEN 'dnc' ELSE 'in_progress' END,
-                   dials = n.dials + (NOT picked.suppressed)::int,
-                   last_outcome = CASE WHEN picked.suppressed THEN 'suppressed' ELSE n.last_outcome END,
-                   updated_at = p_now
-              FROM picked
-             WHERE n.id = picked.id
-            RETURNING n.*, picked.suppressed
-        ), closed AS (
-            INSERT INTO dialer_webhook_event (campaign_id, type, payload, created_at, next_attempt_at)
-            SELECT c.id, 'number.finished',
-                   jsonb_build_object(
-                       'campaign', jsonb_build_object('id', c.id, 'name', c.name),
-                       'number', jsonb_build_object('id', t.id, 'phone', t.phone, 'status', 'dnc',
-                                                    'attempts', t.attempts, 'last_outcome', 'suppressed',
-                                                    'payload', t.payload),
-                       'attempt', NULL),
-                   p_now, p_now
-              FROM taken t
-             WHERE t.suppressed AND c.webhook_url IS NOT NULL
-        ), ins AS (
-            INSERT INTO dialer_attempt AS a
-                   (id, number_id, campaign_id, attempt_no, worker_id, provider, state, claimed_at, deadline_at)
-            SELECT gen_random_uuid(), t.id, c.id, t.dials, p_worker, c.provider, 'dialing', p_now,
-                   -- Covers the start request and the ring: acceptance only records the call id.
-                   p_now + make_interval(secs => p_dial_timeout_seconds + c.ring_timeout_seconds)
-              FROM taken t
-             WHERE NOT t.suppressed
-            RETURNING a.id, a.number_id, a.attempt_no
-        )
-        SELECT ins.id, ins.number_id, c.id, c.name, ins.attempt_no, t.phone, coalesce(t.caller_id, c.caller_id),
-               t.dtmf, c.ring_timeout_seconds, c.provider, t.payload
-          FROM ins JOIN taken t ON t.id = ins.number_id;
+        taken_c := 0;
+        rounds := 0;
+        LOOP
+            rounds := rounds + 1;
+            WITH cand AS (
+                SELECT n.id, n.phone, n.callee_zones, n.priority, n.next_attempt_at, n.attempts, n.payload
+                  FROM dialer_number n
+                 WHERE n.campaign_id = c.id
+                   AND n.status IN ('untried', 'retry_wait')
+                   AND n.next_attempt_at <= p_now
+                   AND n.attempts < 1 + c.max_retries
+                 ORDER BY n.priority DESC, n.next_attempt_at, n.id
+                 -- Judged in whole batches, not k at a time: when most due numbers are held (the
+                 -- callee's night), a rate-capped campaign still clears them p_limit at a time.
+                 LIMIT greatest(k, p_limit)
+                   FOR UPDATE OF n SKIP LOCKED
+            ), judged AS (
+                SELECT cand.*,
+                       -- Suppression is checked here, at dispatch, so a do-not-call entry added
+                       -- after the number was queued still wins. Such a number is closed.
+                       EXISTS (SELECT 1 FROM dialer_suppression s
+                                WHERE s.phone = cand.phone AND (s.campaign_id IS NULL OR s.campaign_id = c.id))
+                           AS suppressed,
+                       cap_life IS NOT NULL
+                           AND (SELECT sum(n2.attempts) FROM dialer_number n2 WHERE n2.phone = cand.phone) >= cap_life
+                           AS capped_for_life,
+                       hist.abandoned_at + make_interval(secs => c.abandon_lockout_seconds) AS lockout_until,
+                       -- The 24 h window frees up when the oldest call that keeps it full turns 24 h old.
+                       CASE WHEN hist.day_n >= cap_day
+                            THEN hist.day_at[hist.day_n - cap_day + 1] + interval '24 hours' END AS cap_until,
+                       win.next_open
+                  FROM cand
+                  LEFT JOIN LATERAL (
+                        SELECT max(a.abandoned_at) FILTER (WHERE c.abandon_lockout_seconds > 0) AS abandoned_at,
+                               count(*) FILTER (WHERE a.claimed_at > p_now - interval '24 hours'
+                                                  AND a.consumed_attempt IS NOT FALSE) AS day_n,
+                               array_agg(a.claimed_at ORDER BY a.claimed_at)
+                                   FILTER (WHERE a.claimed_at > p_now - interval '24 hours'
+                                             AND a.consumed_attempt IS NOT FALSE) AS day_at
+                          FROM dialer_number n2
+                          JOIN dialer_attempt a ON a.number_id = n2.id
+                         WHERE (cap_day IS NOT NULL OR c.abandon_lockout_seconds > 0)
+                           AND n2.phone = cand.phone
+                           AND a.claimed_at > p_now - greatest(interval '24 hours',
+                                                               make_interval(secs => c.abandon_lockout_seconds))
+                  ) hist ON true
+                  LEFT JOIN LATERAL (
+                        -- Every zone of the number must be inside the window (the most
+                        -- restrictive wins); it opens again at the latest of the zones' next
+                        -- window starts, computed in local time and converted back (DST-correct).
+                        SELECT max(CASE WHEN w.open THEN p_now
+                                        WHEN w.t < w.s THEN (w.d + w.s) AT TIME ZONE w.zone
+                                        ELSE (w.d + 1 + w.s) AT TIME ZONE w.zone END) AS next_open
+                          FROM (SELECT l.zone, l.lt::date AS d, l.lt::time AS t, s.s,
+                                       CASE WHEN s.s < s.e THEN l.lt::time >= s.s AND l.lt::time < s.e
+                                            ELSE l.lt::time >= s.s OR l.lt::time < s.e END AS open
+                                  FROM unnest(coalesce(cand.callee_zones, ARRAY[c.time_zone])) AS z(zone)
+                                  CROSS JOIN LATERAL (SELECT z.zone, p_now AT TIME ZONE z.zone AS lt) l
+                                  CROSS JOIN LATERAL (
+                                        SELECT time '00:00' + make_interval(mins => c.callee_window_start) AS s,
+                                               CASE WHEN c.callee_window_end = 1440 THEN time '24:00'
+                                                    ELSE time '00:00' + make_interval(mins => c.callee_window_end)
+                                               END AS e) s) w
+                         WHERE c.callee_window_start IS NOT NULL
+                  ) win ON true
+            ), verdict AS (
+                SELECT j.*,
+                       CASE WHEN j.suppressed THEN 'suppressed'
+                            WHEN j.capped_for_life THEN 'attempt_cap'
+                            WHEN j.lockout_until > p_now THEN 'abandon_lockout'
+                            WHEN j.cap_until > p_now THEN 'attempt_cap'
+                            WHEN j.next_open > p_now THEN 'callee_window'
+                       END AS reason,
+                       -- Straight to when every holding gate is open; the next claim judges again.
+                       greatest(j.lockout_until, j.cap_until, j.next_open) AS hold_until
+                  FROM judged j
+            ), closed AS (
+                UPDATE dialer_number n
+                   SET status = CASE WHEN v.suppressed THEN 'dnc' ELSE 'failed' END,
+                       last_outcome = v.reason,
+                       held_reason = NULL,
+                       updated_at = p_now
+                  FROM verdict v
+                 WHERE n.id = v.id AND (v.suppressed OR v.capped_for_life)
+                RETURNING n.id, n.phone, n.status, n.attempts, n.last_outcome, n.payload
+            ), closed_events AS (
+                INSERT INTO dialer_webhook_event (campaign_id, type, payload, created_at, next_attempt_at)
+                SELECT c.id, 'number.finished',
+                       jsonb_build_object(
+                           'campaign', jsonb_build_object('id', c.id, 'name', c.name),
+                           'number', jsonb_build_object('id', x.id, 'phone', x.phone, 'status', x.status,
+                                                        'attempts', x.attempts, 'last_outcome', x.last_outcome,
+                                                        'payload', x.payload),
+                           'attempt', NULL),
+                       p_now, p_now
+                  FROM closed x
+                 WHERE c.webhook_url IS NOT NULL
+            ), held_rows AS (
+                UPDATE dialer_number n
+                   SET next_attempt_at = v.hold_until, held_reason = v.reason, updated_at = p_now
+                  FROM verdict v
+                 WHERE n.id = v.id AND v.reason IS NOT NULL AND NOT (v.suppressed OR v.capped_for_life)
+                RETURNING n.id
+            )
+            SELECT array_agg(v.id ORDER BY v.priority DESC, v.next_attempt_at, v.id) FILTER (WHERE v.reason IS NULL),
+                   count(*) FILTER (WHERE v.reason IS NOT NULL)
+              INTO ok_ids, held
+              FROM verdict v;
 
-        GET DIAGNOSTICS got = ROW_COUNT;
-        remaining := remaining - got;
-        IF got > 0 THEN
+            RETURN QUERY
+            WITH taken AS (
+                UPDATE dialer_number n
+                   SET status = 'in_progress', dials = n.dials + 1, held_reason = NULL, updated_at = p_now
+                  FROM unnest(ok_ids[1:k]) AS p(id)
+                 WHERE n.id = p.id
+                RETURNING n.*
+            ), ins AS (
+                INSERT INTO dialer_attempt AS a
+                       (id, number_id, campaign_id, attempt_no, worker_id, provider, state, claimed_at, deadline_at)
+                SELECT gen_random_uuid(), t.id, c.id, t.dials, p_worker, c.provider, 'dialing', p_now,
+                       -- Covers the start request and the ring: acceptance only records the call id.
+                       p_now + make_interval(secs => p_dial_timeout_seconds + c.ring_timeout_seconds)
+                  FROM taken t
+                RETURNING a.id, a.number_id, a.attempt_no
+            )
+            SELECT ins.id, ins.number_id, c.id, c.name, ins.attempt_no, t.phone, coalesce(t.caller_id, c.caller_id),
+                   t.dtmf, c.ring_timeout_seconds, c.provider, t.payload
+              FROM ins JOIN taken t ON t.id = ins.number_id;
+
+            GET DIAGNOSTICS got = ROW_COUNT;
+            remaining := remaining - got;
+            taken_c := taken_c + got;
+            k := k - got;
+            -- Another batch only while gates held numbers back and capacity is left, bounded so one
+            -- claim never walks a whole night's backlog.
+            EXIT WHEN held = 0 OR k <= 0 OR rounds >= 4;
+        END LOOP;
+
+        IF taken_c > 0 THEN
             UPDATE dialer_campaign
                SET last_claimed_at = p_now,
                    pacing_budget = CASE WHEN pacing_mode = 'agentless' THEN pacing_budget
-                                        ELSE greatest(pacing_budget - got, 0) END
+                                        ELSE greatest(pacing_budget - taken_c, 0) END
              WHERE id = c.id;
         END IF;
     END LOOP;
@@ -308,7 +533,7 @@ CREATE FUNCTION dialer_record_outcomes(
     p_ids uuid[], p_outcomes text[], p_final boolean[], p_consumes boolean[], p_final_status text[],
     p_answered_at timestamptz[], p_ended_at timestamptz[], p_duration double precision[],
     p_billsec integer[], p_raw_status text[], p_raw_cause text[], p_sip integer[],
-    p_provider_call_ids text[], p_now timestamptz, p_requeue_seconds integer)
+    p_provider_call_ids text[], p_dtmf text[], p_now timestamptz, p_requeue_seconds integer)
 RETURNS TABLE (attempt_id uuid, campaign text, outcome text, decision text)
 LANGUAGE plpgsql AS $$
 BEGIN
@@ -316,9 +541,9 @@ BEGIN
     WITH input AS (
         SELECT * FROM unnest(p_ids, p_outcomes, p_final, p_consumes, p_final_status, p_answered_at,
                              p_ended_at, p_duration, p_billsec, p_raw_status, p_raw_cause, p_sip,
-                             p_provider_call_ids)
+                             p_provider_call_ids, p_dtmf)
                AS i(id, outcome, final, consumes, final_status, answered_at, ended_at, duration,
-                    billsec, raw_status, raw_cause, sip, provider_call_id)
+                    billsec, raw_status, raw_cause, sip, provider_call_id, dtmf)
     ), locked AS (
         -- The row lock serialises concurrent flushes of the same attempt (a callback delivered twice
         -- to two pods): the loser re-checks state after the winner commits and drops out.
@@ -326,11 +551,23 @@ BEGIN
           FROM dialer_attempt a
          WHERE a.id = ANY (p_ids) AND a.state <> 'ended'
            FOR UPDATE
+    ), policed AS (
+        -- The campaign's answering-machine policy: 'final' ends the number as completed (a
+        -- message was left), 'retry' keeps the vocabulary's retry after retry_wait.
+        SELECT i.id, i.outcome, i.consumes, i.answered_at, i.ended_at, i.duration, i.billsec,
+               i.raw_status, i.raw_cause, i.sip, i.provider_call_id, i.dtmf,
+               i.final OR (i.outcome = 'answered_machine' AND cp.amd_policy = 'final') AS final,
+               CASE WHEN i.outcome = 'answered_machine' AND cp.amd_policy = 'final' THEN 'completed'
+                    ELSE i.final_status END AS final_status
+          FROM input i
+          JOIN dialer_attempt a ON a.id = i.id
+          JOIN dialer_campaign cp ON cp.id = a.campaign_id
     ), decided AS (
         SELECT lk.number_id, lk.attempt_no, lk.claimed_at, lk.prior_answered_at, i.*,
                n.attempts + i.consumes::int AS attempts_after,
                cp.retry_wait_seconds, cp.name AS campaign_name, cp.id AS campaign_id,
                cp.webhook_url IS NOT NULL AS hooks, cp.webhook_attempt_events,
+               coalesce((cp.auto_stop_conditions ->> 'enabled')::boolean, false) AS auto_stop,
                CASE WHEN i.final THEN 'final'
                     WHEN NOT i.consumes THEN 'requeue'
                     WHEN n.attempts + 1 >= 1 + cp.max_retries THEN 'exhausted'
@@ -338,7 +575,7 @@ BEGIN
                -- Never sooner than retry_wait after the call ended, by either clock.
                greatest(i.ended_at, p_now) AS base_at
           FROM locked lk
-          JOIN input i ON i.id = lk.id
+          JOIN policed i ON i.id = lk.id
           JOIN dialer_number n ON n.id = lk.number_id
           JOIN dialer_campaign cp ON cp.id = n.campaign_id
     ), num AS (
@@ -356,6 +593,63 @@ BEGIN
           FROM decided d
          WHERE n.id = d.number_id
         RETURNING n.id, n.next_attempt_at, n.phone, n.status, n.attempts, n.payload
+    ), suppressed AS (
+        -- A do-not-call outcome (blocked, a provider's opt-out) suppresses the phone everywhere, in
+        -- the transaction that records it: no campaign dials it again, whichever queued it.
+        INSERT INTO dialer_suppression (phone, campaign_id, reason, source, created_at)
+        SELECT DISTINCT num.phone, NULL::bigint, 'outcome: ' || d.outcome, 'outcome', p_now
+          FROM decided d JOIN num ON num.id = d.number_id
+         WHERE d.decision = 'final' AND d.final_status = 'dnc'
+        ON CONFLICT DO NOTHING
+    ), stop_counts AS (
+        -- Auto-stop (CALLR Sendr's AutoStopConditions): counters kept on the campaign, and only
+        -- for campaigns that set conditions, so no one else pays a campaign-row write per flush.
+        SELECT d.campaign_id,
+               count(*) FILTER (WHERE d.outcome = 'answered_human') AS answered,
+               array_agg(d.dtmf) FILTER (WHERE d.dtmf IS NOT NULL) AS pressed
+          FROM decided d
+         WHERE d.auto_stop
+         GROUP BY d.campaign_id
+    ), stopped AS (
+        UPDATE dialer_campaign cp
+           SET auto_stop_counts = nc.counts,
+               status = CASE WHEN r.reason IS NOT NULL THEN 'stopped' ELSE cp.status END,
+               status_reason = coalesce(r.reason, cp.status_reason),
+               window_opens_at = CASE WHEN r.reason IS NOT NULL THEN NULL ELSE cp.window_opens_at END,
+               window_closes_at = CASE WHEN r.reason IS NOT NULL THEN NULL ELSE cp.window_closes_at END,
+               updated_at = p_now
+          FROM stop_counts sc
+         CROSS JOIN LATERAL (
+               SELECT cp2.auto_stop_counts
+                      || jsonb_build_object('answered', coalesce((cp2.auto_stop_counts ->> 'answered')::bigint, 0)
+                                                        + sc.answered)
+                      || (SELECT jsonb_object_agg('key_' || kk,
+                                     coalesce((cp2.auto_stop_counts ->> ('key_' || kk))::bigint, 0)
+                                     + (SELECT count(*) FROM unnest(sc.pressed) AS p(keys)
+                                         WHERE strpos(p.keys, kk::text) > 0))
+                            FROM generate_series(0, 9) AS kk) AS counts
+                 FROM dialer_campaign cp2 WHERE cp2.id = sc.campaign_id
+         ) nc
+         CROSS JOIN LATERAL (
+               -- A call that pressed several keys counts once for each of them.
+               SELECT coalesce(
+                   (SELECT format('auto-stop: %s answered calls', (nc.counts ->> 'answered'))
+                      FROM dialer_campaign cp3
+                     WHERE cp3.id = sc.campaign_id
+                       AND coalesce((cp3.auto_stop_conditions #>> '{per_answer_count,enabled}')::boolean, false)
+                       AND (cp3.auto_stop_conditions #>> '{per_answer_count,count}')::bigint > 0
+                       AND (nc.counts ->> 'answered')::bigint
+                           >= (cp3.auto_stop_conditions #>> '{per_answer_count,count}')::bigint),
+                   (SELECT format('auto-stop: %s presses of key %s', nc.counts ->> ('key_' || kk), kk)
+                      FROM dialer_campaign cp3, generate_series(0, 9) AS kk
+                     WHERE cp3.id = sc.campaign_id
+                       AND coalesce((cp3.auto_stop_conditions #>> '{per_key,enabled}')::boolean, false)
+                       AND (cp3.auto_stop_conditions #>> ARRAY['per_key', 'key_' || kk])::bigint > 0
+                       AND (nc.counts ->> ('key_' || kk))::bigint
+                           >= (cp3.auto_stop_conditions #>> ARRAY['per_key', 'key_' || kk])::bigint
+                     ORDER BY kk LIMIT 1)) AS reason
+         ) r
+         WHERE cp.id = sc.campaign_id AND cp.status IN ('running', 'paused', 'created', 'finished')
     ), events AS (
         -- Written by the transaction that records the outcome: no outcome without its event, and
         -- no event for an outcome that rolled back.
@@ -392,6 +686,7 @@ BEGIN
            raw_cause = d.raw_cause,
            sip_code = d.sip,
            provider_call_id = coalesce(a.provider_call_id, d.provider_call_id),
+           dtmf_pressed = coalesce(d.dtmf, a.dtmf_pressed),
            consumed_attempt = d.consumes,
            decision = d.decision,
            next_attempt_at = CASE WHEN d.decision IN ('retry', 'requeue') THEN num.next_attempt_at END
@@ -402,6 +697,19 @@ BEGIN
     -- A finished call frees a concurrency slot: wake claimers now rather than at their next poll.
     PERFORM pg_notify('dialer_due', '');
 END;
+$$;
+
+-- The signature of the previous version (no pressed keys), kept for pods still running it.
+CREATE FUNCTION dialer_record_outcomes(
+    p_ids uuid[], p_outcomes text[], p_final boolean[], p_consumes boolean[], p_final_status text[],
+    p_answered_at timestamptz[], p_ended_at timestamptz[], p_duration double precision[],
+    p_billsec integer[], p_raw_status text[], p_raw_cause text[], p_sip integer[],
+    p_provider_call_ids text[], p_now timestamptz, p_requeue_seconds integer)
+RETURNS TABLE (attempt_id uuid, campaign text, outcome text, decision text)
+LANGUAGE sql AS $$
+    SELECT * FROM dialer_record_outcomes(p_ids, p_outcomes, p_final, p_consumes, p_final_status, p_answered_at,
+                                         p_ended_at, p_duration, p_billsec, p_raw_status, p_raw_cause, p_sip,
+                                         p_provider_call_ids, NULL::text[], p_now, p_requeue_seconds);
 $$;
 
 -- Do-not-call. campaign_id NULL = suppressed everywhere.
@@ -528,6 +836,71 @@ BEGIN
 END;
 $$;
 
+-- Per-phone caps hold across every campaign, so they are one setting for the whole database, not
+-- a campaign's: two campaigns with different caps would leave "3 calls a day" undefined. One row
+-- (or none: no caps). NULL = no cap.
+CREATE TABLE dialer_compliance (
+    id                    boolean PRIMARY KEY DEFAULT true CHECK (id),
+    max_attempts_per_24h  integer CHECK (max_attempts_per_24h >= 1),
+    max_attempts_lifetime integer CHECK (max_attempts_lifetime >= 1),
+    updated_at            timestamptz NOT NULL DEFAULT now()
+);
+
+-- phonenumbers' time-zone data, written by `dialer migrate` (dialer/zones.py) like dialer_phone_rule.
+CREATE TABLE dialer_phone_zone (
+    prefix text PRIMARY KEY,
+    zones  text[] NOT NULL
+);
+CREATE TABLE dialer_phone_nongeo (
+    calling_code text PRIMARY KEY,
+    nongeo       text,
+    mobile       text,
+    fixed        text
+);
+
+-- A number's zones as phonenumbers.timezone.time_zones_for_number gives them (NULL for unknown):
+-- non-geographical numbers by calling code, the others by the longest prefix of their digits.
+CREATE FUNCTION dialer_callee_zones(p_phone text) RETURNS text[]
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    digits text := substr(p_phone, 2);
+    g      dialer_phone_nongeo%ROWTYPE;
+    nsn    text;
+    key    text;
+    result text[];
+BEGIN
+    SELECT * INTO g FROM dialer_phone_nongeo
+     WHERE calling_code IN (left(digits, 1), left(digits, 2), left(digits, 3))
+     ORDER BY length(calling_code)
+     LIMIT 1;
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
+    nsn := substr(digits, 1 + length(g.calling_code));
+    key := CASE WHEN nsn ~ ('^(?:' || g.nongeo || ')$')
+                  OR (nsn ~ ('^(?:' || g.mobile || ')$') AND NOT coalesce(nsn ~ ('^(?:' || g.fixed || ')$'), false))
+                THEN g.calling_code ELSE digits END;
+    SELECT z.zones INTO result FROM dialer_phone_zone z
+     WHERE z.prefix IN (SELECT left(key, l) FROM generate_series(1, least(length(key), 10)) AS l)
+     ORDER BY length(z.prefix) DESC
+     LIMIT 1;
+    -- Zones more than 6 h apart (a +1 non-geographic number gets 42, Guam to Newfoundland) share
+    -- no calling window, so "the most restrictive" would never open: phonenumbers cannot place
+    -- the callee, and the campaign's zone applies (dialer/zones.py decides the same in Python).
+    IF result IS NOT NULL AND EXISTS (
+        SELECT 1
+          FROM (VALUES (timestamptz '2026-01-15 12:00+00'), (timestamptz '2026-07-15 12:00+00')) AS t(at)
+         CROSS JOIN LATERAL (
+               SELECT max(x.o) - min(x.o) AS spread
+                 FROM unnest(result) AS z(zone)
+                CROSS JOIN LATERAL (SELECT (t.at AT TIME ZONE z.zone) - (t.at AT TIME ZONE 'UTC') AS o) x) s
+         WHERE s.spread > interval '6 hours') THEN
+        RETURN NULL;
+    END IF;
+    RETURN result;
+END;
+$$;
+
 -- Enqueue from inside an upstream transaction (systems sharing the database). The same rules as
 -- the HTTP route: numbers valid per phonenumbers' metadata, at most 10,000 per call, the whole call
 -- rejected on any bad item (SQLSTATE 22023, the DETAIL lists every bad item as JSON), duplicates
@@ -617,8 +990,9 @@ BEGIN
     END IF;
 
     INSERT INTO dialer_number (campaign_id, phone, caller_id, dtmf, priority, payload, next_attempt_at,
-                               created_at, updated_at)
-    SELECT camp.id, i.phone, i.caller_id, i.dtmf, coalesce(i.priority, 0), i.payload, p_now, p_now, p_now
+                               created_at, updated_at, callee_zones)
+    SELECT camp.id, i.phone, i.caller_id, i.dtmf, coalesce(i.priority, 0), i.payload, p_now, p_now, p_now,
+           dialer_callee_zones(i.phone)
       FROM dialer_enqueue_items i
      ORDER BY i.idx
     ON CONFLICT (campaign_id, phone) DO NOTHING;

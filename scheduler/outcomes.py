@@ -49,7 +49,8 @@ _NOT_THE_NUMBERS_FAULT = OutcomeClass(final=False, consumes_attempt=False, final
 
 _CLASSES: dict[Outcome, OutcomeClass] = {
     Outcome.ANSWERED_HUMAN: _FINAL_COMPLETED,
-    # Retryable until a voicemail policy exists; until then a machine is not a conversation.
+    # Retryable by default: a machine is not a conversation. A campaign's amd_policy 'final' makes
+    # it final and completed (a message was left), in dialer_record_outcomes and scheduler.retry.
     Outcome.ANSWERED_MACHINE: _RETRYABLE,
     Outcome.ANSWERED_FAX: _FINAL_FAILED,
     Outcome.BUSY: _RETRYABLE,

@@ -6,13 +6,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
 
-from scheduler.outcomes import Outcome, classify
+from scheduler.outcomes import Outcome, OutcomeClass, classify
 
 # More retries than this is a typo, not a campaign: at the shortest sensible wait it would ring one
 # person all day.
 MAX_RETRIES_LIMIT = 100
 
 DecisionKind = Literal["final", "retry", "exhausted", "requeue"]
+AmdPolicy = Literal["retry", "final"]
 
 
 def validate_policy(max_retries: int, retry_wait_seconds: int, provider_error_backoff_seconds: int) -> None:
@@ -31,11 +32,16 @@ def validate_policy(max_retries: int, retry_wait_seconds: int, provider_error_ba
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """max_retries counts redials after the first attempt, so a number gets 1 + max_retries attempts."""
+    """max_retries counts redials after the first attempt, so a number gets 1 + max_retries attempts.
+
+    amd_policy: what an answering machine does to the number — "retry" after retry_wait like no
+    answer (consuming an attempt), or "final": completed, a message was left.
+    """
 
     max_retries: int
     retry_wait_seconds: int
     provider_error_backoff_seconds: int = 30
+    amd_policy: AmdPolicy = "retry"
 
     def __post_init__(self) -> None:
         validate_policy(self.max_retries, self.retry_wait_seconds, self.provider_error_backoff_seconds)
@@ -65,6 +71,8 @@ def decide(
         if value.tzinfo is None or value.utcoffset() is None:
             raise ValueError(f"{name} must be timezone-aware, got naive {value.isoformat()}")
     cls = classify(outcome)
+    if outcome is Outcome.ANSWERED_MACHINE and policy.amd_policy == "final":
+        cls = OutcomeClass(final=True, consumes_attempt=True, final_status="completed")
     consumed = cls.consumes_attempt
     attempts_after = attempts_consumed_before + int(consumed)
     # Results can be processed late (a webhook retried, a reconciler catching up): waiting from

@@ -107,6 +107,8 @@ class CallEvent:
     raw_status: str | None = None
     raw_cause: str | None = None
     sip_code: int | None = None
+    # The keys the callee pressed (IVR answers), where the provider reports them: auto-stop per key.
+    dtmf: str | None = None
 
 
 class Provider(Protocol):

@@ -177,7 +177,29 @@ def event_from_cdr(record: Mapping[str, Any], attempt_id: str | None = None) -> 
         duration_seconds=float(duration),
         billsec=billsec,
         raw_cause=cause,
+        dtmf=steps_dtmf(record.get("steps")),
     )
+
+
+def steps_dtmf(steps: Any) -> str | None:
+    """The keys the callee pressed, from the seed's steps report ({"steps": [{"dtmf": "12", …}]}),
+    in step order. Read defensively: the report is undocumented beyond one example, so anything
+    unexpected means "no keys", never a rejected CDR."""
+    if isinstance(steps, str):
+        if not steps.strip():
+            return None
+        try:
+            steps = orjson.loads(steps)
+        except orjson.JSONDecodeError:
+            return None
+    entries = steps.get("steps") if isinstance(steps, Mapping) else None
+    if not isinstance(entries, list):
+        return None
+    keys = "".join(
+        str(e["dtmf"]) for e in entries if isinstance(e, Mapping) and isinstance(e.get("dtmf"), str | int)
+    )
+    keys = "".join(ch for ch in keys if ch in "0123456789*#")
+    return keys[:200] or None
 
 
 def _normalize_header(names: Sequence[str]) -> tuple[str, ...]:

@@ -91,6 +91,7 @@ def event_from_record(data: Mapping[str, Any]) -> CallEvent:
             raw_status=status,
             raw_cause=None if cause is None else str(cause),
             sip_code=sip,
+            dtmf=data["digits"][:200] if isinstance(data.get("digits"), str) and data["digits"] else None,
         )
     if status == "in-progress" or (answered and status not in ("queued", "ringing")):
         return CallEvent(
@@ -224,10 +225,17 @@ class SimulatedProvider(HttpAdapter):
                 f"{self._base}/v1/calls/by-attempt/{attempt_id}/cancel", headers=self._headers
             ) as resp:
                 await resp.read()
-                # 404: never existed; 409: already over or answered (the simulator cannot cut a
-                # talking call). Either way the outcome we record stands.
-                if resp.status not in (200, 404, 409):
-                    self._error("hangup_failed")
+                status = resp.status
+            if status == 409:
+                # Answered (cancel ends only ringing calls) or already over: end a talking call.
+                async with self._client().post(
+                    f"{self._base}/v1/calls/by-attempt/{attempt_id}/hangup", headers=self._headers
+                ) as resp:
+                    await resp.read()
+                    # 404 from a simulator without the route, 409: over. The outcome we record stands.
+                    status = 200 if resp.status in (404, 409) else resp.status
+            if status not in (200, 404):
+                self._error("hangup_failed")
         except (TimeoutError, aiohttp.ClientError):
             self._error("hangup_failed")
         finally:

@@ -107,6 +107,7 @@ class NativeDialect:
             web.post("/v1/calls", functools.partial(self.start, state)),
             web.get("/v1/calls/by-attempt/{attempt_id}", functools.partial(self.lookup, state)),
             web.post("/v1/calls/by-attempt/{attempt_id}/cancel", functools.partial(self.cancel, state)),
+            web.post("/v1/calls/by-attempt/{attempt_id}/hangup", functools.partial(self.hangup, state)),
         ]
 
     def _authorized(self, request: web.Request) -> bool:
@@ -164,6 +165,17 @@ class NativeDialect:
         if state.cancel_call(call):
             return _json(200, call.record())
         return _error(409, "not_cancelable", "only queued or ringing calls can be canceled")
+
+    async def hangup(self, state: SimulatorState, request: web.Request) -> web.Response:
+        """End a live call, answered or not (what a dialer does to an abandoned call)."""
+        if not self._authorized(request):
+            return _error(401, "unauthorized", "missing or wrong bearer token")
+        call = state.find(request.match_info["attempt_id"], dialect=self)
+        if call is None:
+            return _error(404, "not_found", "no start request was received for this attempt_id")
+        if state.hangup_call(call):
+            return _json(200, call.record())
+        return _error(409, "not_live", "the call is over")
 
     def render_event(
         self, call: CallView, status: str, sequence: int, final: bool, event_id: str

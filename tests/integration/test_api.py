@@ -761,3 +761,18 @@ async def test_an_oversized_json_body_is_refused_with_413(client: Client) -> Non
     status, doc = await client.call("POST", f"/v1/campaigns/{cid}/numbers", body)
     assert status == 413 and doc["errors"][0]["status"] == "413"
     assert await client.conn.fetchval("SELECT count(*) FROM dialer_number") == 0
+
+
+async def test_compliance_caps_are_read_and_set_over_the_api(client: Client) -> None:
+    """The cross-campaign attempt caps are global settings: read, set, refused when impossible."""
+    status, doc = await client.call("GET", "/v1/compliance")
+    assert status == 200 and doc["data"]["attributes"]["max_attempts_per_24h"] is None
+    body = {
+        "data": {"type": "compliance", "attributes": {"max_attempts_per_24h": 3, "max_attempts_lifetime": 10}}
+    }
+    status, doc = await client.call("PUT", "/v1/compliance", body)
+    assert status == 200 and doc["data"]["attributes"]["max_attempts_per_24h"] == 3
+    bad = {"data": {"type": "compliance", "attributes": {"max_attempts_per_24h": 0}}}
+    status, doc = await client.call("PUT", "/v1/compliance", bad)
+    assert status == 422 and doc["errors"][0]["source"]["pointer"] == "/data/attributes/max_attempts_per_24h"
+    assert await client.conn.fetchval("SELECT max_attempts_per_24h FROM dialer_compliance") == 3

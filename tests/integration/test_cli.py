@@ -281,3 +281,12 @@ async def test_token_create_list_revoke(dsn: str) -> None:
     assert ok(dialer(dsn, "token", "list"))[0]["revoked_at"] is not None
     missing = dialer(dsn, "token", "revoke", "crm")
     assert missing.returncode == 2 and "no active token" in missing.stderr
+
+
+async def test_compliance_caps_from_the_cli(dsn: str) -> None:
+    """`dialer compliance set/show` sets the cross-campaign caps; an impossible cap is refused."""
+    assert ok(dialer(dsn, "compliance", "show"))["max_attempts_per_24h"] is None
+    assert ok(dialer(dsn, "compliance", "set", "--max-attempts-per-24h", "3"))["max_attempts_per_24h"] == 3
+    bad = dialer(dsn, "compliance", "set", "--max-attempts-lifetime", "0")
+    assert bad.returncode == 2 and "between 1 and 1000" in bad.stderr
+    assert ok(dialer(dsn, "compliance", "show"))["max_attempts_per_24h"] == 3

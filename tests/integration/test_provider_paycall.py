@@ -500,6 +500,7 @@ ANSWERED = CallEvent(
     duration_seconds=16.0,
     billsec=11,
     raw_cause="NORMAL_CLEARING",
+    dtmf="12",  # the keys the callee pressed, from the CDR's steps report
 )
 
 

@@ -364,10 +364,11 @@ def test_decision_bounds_hold_for_any_state(
     agents = s.agents_logged_in
     assert d.new_attempts is not None and d.new_attempts >= 0
     assert d.new_attempts >= max(0, free - len(ringing) - waiting)
-    assert d.new_attempts <= ratio * agents
+    # The controller forgives float noise (0.3 * 10 = 2.9999…) with the same 1e-9.
+    assert d.new_attempts <= ratio * agents + 1e-9
     outstanding = len(busy) + len(ringing) + waiting
     if outstanding + d.new_attempts > agents:
-        assert outstanding + d.new_attempts <= max(ratio * agents, outstanding)
+        assert outstanding + d.new_attempts <= max(ratio * agents + 1e-9, outstanding)
     if agents == 0:
         assert d.new_attempts == 0
     assert decide(settings, s, snapshot) == d

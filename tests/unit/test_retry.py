@@ -131,6 +131,7 @@ policies = st.builds(
     max_retries=st.integers(0, 10),
     retry_wait_seconds=st.integers(0, 86_400),
     provider_error_backoff_seconds=st.integers(1, 3_600),
+    amd_policy=st.sampled_from(["retry", "final"]),
 )
 
 

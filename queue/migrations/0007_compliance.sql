@@ -1,0 +1,622 @@
+-- Compliance gates checked at dispatch (issue 6): the callee-local calling window, per-phone
+-- attempt caps across campaigns, the abandoned-call lockout, suppression (now also written by
+-- do-not-call outcomes), the answering-machine policy and auto-stop conditions. Expand only: every
+-- new column has a default, the claim keeps its signature, and dialer_record_outcomes keeps its
+-- old signature as a wrapper, so pods of the previous version keep working during the rollout.
+
+ALTER TABLE dialer_campaign
+    -- Minutes after local midnight in the callee's zone(s); both NULL disables the window. End at
+    -- or before start crosses midnight (2200-0600).
+    ADD COLUMN callee_window_start integer DEFAULT 480 CHECK (callee_window_start BETWEEN 0 AND 1439),
+    ADD COLUMN callee_window_end integer DEFAULT 1260 CHECK (callee_window_end BETWEEN 1 AND 1440),
+    ADD CONSTRAINT dialer_campaign_callee_window_check
+        CHECK ((callee_window_start IS NULL) = (callee_window_end IS NULL) AND callee_window_start <> callee_window_end),
+    -- UK Ofcom: no repeat call within 72 h of an abandoned call. 0 disables.
+    ADD COLUMN abandon_lockout_seconds integer NOT NULL DEFAULT 259200
+        CHECK (abandon_lockout_seconds BETWEEN 0 AND 31536000),
+    ADD COLUMN amd_policy text NOT NULL DEFAULT 'retry' CHECK (amd_policy IN ('retry', 'final')),
+    -- The CALLR Sendr shape (Sendr.10.Campaign.Options.AutoStopConditions), validated in Python.
+    ADD COLUMN auto_stop_conditions jsonb
+        CHECK (auto_stop_conditions IS NULL OR jsonb_typeof(auto_stop_conditions) = 'object'),
+    ADD COLUMN auto_stop_counts jsonb NOT NULL DEFAULT '{}'::jsonb;
+
+ALTER TABLE dialer_number
+    -- The callee's zones from the number (phonenumbers' data, see dialer_callee_zones); NULL when
+    -- unknown, and then the campaign's zone applies.
+    ADD COLUMN callee_zones text[],
+    -- Which gate last held this number back (cleared when it is dialed): "why is it not dialing?"
+    ADD COLUMN held_reason text CHECK (held_reason IN ('callee_window', 'attempt_cap', 'abandon_lockout'));
+
+-- Held numbers by campaign and reason for the stats gauge, without reading the whole queue.
+CREATE INDEX dialer_number_held_idx ON dialer_number (campaign_id, held_reason, next_attempt_at)
+    WHERE held_reason IS NOT NULL AND status IN ('untried', 'retry_wait');
+
+-- The abandon lockout reads dialer_attempt.abandoned_at, which 0008 (agents) adds and sets; plpgsql
+-- resolves it when the claim runs, after both migrations.
+ALTER TABLE dialer_attempt
+    -- The keys the callee pressed, as the provider reports them (auto-stop per key).
+    ADD COLUMN dtmf_pressed text CHECK (length(dtmf_pressed) <= 200);
+
+-- The per-phone gates read a phone's attempts of the last 24 h / lockout period: with claimed_at in
+-- the key they are a bounded range probe, never a walk through the phone's whole history. The
+-- wider index replaces the old one (ON DELETE CASCADE and the API's lookups by number use it too).
+CREATE INDEX dialer_attempt_number_claimed_idx ON dialer_attempt (number_id, claimed_at);
+DROP INDEX dialer_attempt_number_idx;
+
+-- Per-phone caps hold across every campaign, so they are one setting for the whole database, not
+-- a campaign's: two campaigns with different caps would leave "3 calls a day" undefined. One row
+-- (or none: no caps). NULL = no cap.
+CREATE TABLE dialer_compliance (
+    id                    boolean PRIMARY KEY DEFAULT true CHECK (id),
+    max_attempts_per_24h  integer CHECK (max_attempts_per_24h >= 1),
+    max_attempts_lifetime integer CHECK (max_attempts_lifetime >= 1),
+    updated_at            timestamptz NOT NULL DEFAULT now()
+);
+
+-- phonenumbers' time-zone data, written by `dialer migrate` (dialer/zones.py) like dialer_phone_rule.
+CREATE TABLE dialer_phone_zone (
+    prefix text PRIMARY KEY,
+    zones  text[] NOT NULL
+);
+CREATE TABLE dialer_phone_nongeo (
+    calling_code text PRIMARY KEY,
+    nongeo       text,
+    mobile       text,
+    fixed        text
+);
+
+-- A number's zones as phonenumbers.timezone.time_zones_for_number gives them (NULL for unknown):
+-- non-geographical numbers by calling code, the others by the longest prefix of their digits.
+CREATE FUNCTION dialer_callee_zones(p_phone text) RETURNS text[]
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    digits text := substr(p_phone, 2);
+    g      dialer_phone_nongeo%ROWTYPE;
+    nsn    text;
+    key    text;
+    result text[];
+BEGIN
+    SELECT * INTO g FROM dialer_phone_nongeo
+     WHERE calling_code IN (left(digits, 1), left(digits, 2), left(digits, 3))
+     ORDER BY length(calling_code)
+     LIMIT 1;
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
+    nsn := substr(digits, 1 + length(g.calling_code));
+    key := CASE WHEN nsn ~ ('^(?:' || g.nongeo || ')$')
+                  OR (nsn ~ ('^(?:' || g.mobile || ')$') AND NOT coalesce(nsn ~ ('^(?:' || g.fixed || ')$'), false))
+                THEN g.calling_code ELSE digits END;
+    SELECT z.zones INTO result FROM dialer_phone_zone z
+     WHERE z.prefix IN (SELECT left(key, l) FROM generate_series(1, least(length(key), 10)) AS l)
+     ORDER BY length(z.prefix) DESC
+     LIMIT 1;
+    -- Zones more than 6 h apart (a +1 non-geographic number gets 42, Guam to Newfoundland) share
+    -- no calling window, so "the most restrictive" would never open: phonenumbers cannot place
+    -- the callee, and the campaign's zone applies (dialer/zones.py decides the same in Python).
+    IF result IS NOT NULL AND EXISTS (
+        SELECT 1
+          FROM (VALUES (timestamptz '2026-01-15 12:00+00'), (timestamptz '2026-07-15 12:00+00')) AS t(at)
+         CROSS JOIN LATERAL (
+               SELECT max(x.o) - min(x.o) AS spread
+                 FROM unnest(result) AS z(zone)
+                CROSS JOIN LATERAL (SELECT (t.at AT TIME ZONE z.zone) - (t.at AT TIME ZONE 'UTC') AS o) x) s
+         WHERE s.spread > interval '6 hours') THEN
+        RETURN NULL;
+    END IF;
+    RETURN result;
+END;
+$$;
+
+-- The claim, with the compliance gates (issue 6). Each eligible campaign is worked in two
+-- statements under its row lock: the first takes up to p_limit due numbers (FOR UPDATE SKIP
+-- LOCKED, claim order) and judges each against the gates, closing suppressed and capped-for-life
+-- numbers and rescheduling held ones to when their gate opens; the second dials the first k that
+-- passed. Held numbers are neither failed nor charged an attempt. Every gate is an index probe per
+-- number: suppression by phone, the phone's attempts in the last 24 h / lockout through
+-- (number_id, claimed_at), zones read from the number itself.
+CREATE OR REPLACE FUNCTION dialer_claim(p_worker uuid, p_limit integer, p_now timestamptz, p_dial_timeout_seconds integer,
+                             p_skip_providers text[])
+RETURNS TABLE (
+    attempt_id           uuid,
+    number_id            bigint,
+    campaign_id          bigint,
+    campaign             text,
+    attempt_no           integer,
+    phone                text,
+    caller_id            text,
+    dtmf                 text,
+    ring_timeout_seconds integer,
+    provider             text,
+    payload              jsonb
+)
+LANGUAGE plpgsql AS $$
+DECLARE
+    c         record;
+    remaining integer := p_limit;
+    live      integer;
+    recent    integer;
+    k         integer;
+    got       integer;
+    taken_c   integer;
+    held      integer;
+    rounds    integer;
+    ok_ids    bigint[];
+    cap_day   integer;
+    cap_life  integer;
+BEGIN
+    SELECT cc.max_attempts_per_24h, cc.max_attempts_lifetime INTO cap_day, cap_life FROM dialer_compliance cc;
+    FOR c IN
+        SELECT cp.*
+          FROM dialer_campaign cp
+         WHERE cp.status = 'running'
+           -- Accounts whose circuit is open in this worker: their numbers stay queued.
+           AND cp.provider <> ALL (p_skip_providers)
+           AND (cp.starts_at IS NULL OR cp.starts_at <= p_now)
+           AND (cp.ends_at IS NULL OR cp.ends_at > p_now)
+           AND cp.window_opens_at <= p_now AND p_now < cp.window_closes_at
+         -- Round-robin: the campaign served longest ago goes first, so one big campaign cannot
+         -- starve the others when the batch is small.
+         ORDER BY cp.last_claimed_at NULLS FIRST, cp.id
+         FOR UPDATE SKIP LOCKED
+    LOOP
+        EXIT WHEN remaining <= 0;
+        -- Checked here, not in the cursor: the cursor's rows are fetched (and locked) lazily, so
+        -- a claim that fills its batch from the first campaigns never probes the others.
+        CONTINUE WHEN NOT EXISTS (SELECT 1 FROM dialer_number n
+                                   WHERE n.campaign_id = c.id AND n.status IN ('untried', 'retry_wait')
+                                     AND n.next_attempt_at <= p_now);
+
+        SELECT count(*) INTO live FROM dialer_attempt a
+         WHERE a.campaign_id = c.id AND a.state <> 'ended';
+        -- No upper bound on purpose: a claim that committed earlier may carry a later p_now (its
+        -- transaction started later but won the lock first); those starts count against us too.
+        SELECT count(*) INTO recent FROM dialer_attempt a
+         WHERE a.campaign_id = c.id AND a.claimed_at > p_now - interval '1 second';
+
+        k := LEAST(remaining, c.max_concurrent_calls - live, c.max_calls_per_second - recent);
+        -- Agent campaigns dial only what the pacing controller's last tick granted; the budget is
+        -- spent here, under the campaign's row lock, so workers together never exceed it.
+        IF c.pacing_mode <> 'agentless' THEN
+            k := LEAST(k, c.pacing_budget);
+        END IF;
+        CONTINUE WHEN k <= 0;
+
+        taken_c := 0;
+        rounds := 0;
+        LOOP
+            rounds := rounds + 1;
+            WITH cand AS (
+                SELECT n.id, n.phone, n.callee_zones, n.priority, n.next_attempt_at, n.attempts, n.payload
+                  FROM dialer_number n
+                 WHERE n.campaign_id = c.id
+                   AND n.status IN ('untried', 'retry_wait')
+                   AND n.next_attempt_at <= p_now
+                   AND n.attempts < 1 + c.max_retries
+                 ORDER BY n.priority DESC, n.next_attempt_at, n.id
+                 -- Judged in whole batches, not k at a time: when most due numbers are held (the
+                 -- callee's night), a rate-capped campaign still clears them p_limit at a time.
+                 LIMIT greatest(k, p_limit)
+                   FOR UPDATE OF n SKIP LOCKED
+            ), judged AS (
+                SELECT cand.*,
+                       -- Suppression is checked here, at dispatch, so a do-not-call entry added
+                       -- after the number was queued still wins. Such a number is closed.
+                       EXISTS (SELECT 1 FROM dialer_suppression s
+                                WHERE s.phone = cand.phone AND (s.campaign_id IS NULL OR s.campaign_id = c.id))
+                           AS suppressed,
+                       cap_life IS NOT NULL
+                           AND (SELECT sum(n2.attempts) FROM dialer_number n2 WHERE n2.phone = cand.phone) >= cap_life
+                           AS capped_for_life,
+                       hist.abandoned_at + make_interval(secs => c.abandon_lockout_seconds) AS lockout_until,
+                       -- The 24 h window frees up when the oldest call that keeps it full turns 24 h old.
+                       CASE WHEN hist.day_n >= cap_day
+                            THEN hist.day_at[hist.day_n - cap_day + 1] + interval '24 hours' END AS cap_until,
+                       win.next_open
+                  FROM cand
+                  LEFT JOIN LATERAL (
+                        SELECT max(a.abandoned_at) FILTER (WHERE c.abandon_lockout_seconds > 0) AS abandoned_at,
+                               count(*) FILTER (WHERE a.claimed_at > p_now - interval '24 hours'
+                                                  AND a.consumed_attempt IS NOT FALSE) AS day_n,
+                               array_agg(a.claimed_at ORDER BY a.claimed_at)
+                                   FILTER (WHERE a.claimed_at > p_now - interval '24 hours'
+                                             AND a.consumed_attempt IS NOT FALSE) AS day_at
+                          FROM dialer_number n2
+                          JOIN dialer_attempt a ON a.number_id = n2.id
+                         WHERE (cap_day IS NOT NULL OR c.abandon_lockout_seconds > 0)
+                           AND n2.phone = cand.phone
+                           AND a.claimed_at > p_now - greatest(interval '24 hours',
+                                                               make_interval(secs => c.abandon_lockout_seconds))
+                  ) hist ON true
+                  LEFT JOIN LATERAL (
+                        -- Every zone of the number must be inside the window (the most
+                        -- restrictive wins); it opens again at the latest of the zones' next
+                        -- window starts, computed in local time and converted back (DST-correct).
+                        SELECT max(CASE WHEN w.open THEN p_now
+                                        WHEN w.t < w.s THEN (w.d + w.s) AT TIME ZONE w.zone
+                                        ELSE (w.d + 1 + w.s) AT TIME ZONE w.zone END) AS next_open
+                          FROM (SELECT l.zone, l.lt::date AS d, l.lt::time AS t, s.s,
+                                       CASE WHEN s.s < s.e THEN l.lt::time >= s.s AND l.lt::time < s.e
+                                            ELSE l.lt::time >= s.s OR l.lt::time < s.e END AS open
+                                  FROM unnest(coalesce(cand.callee_zones, ARRAY[c.time_zone])) AS z(zone)
+                                  CROSS JOIN LATERAL (SELECT z.zone, p_now AT TIME ZONE z.zone AS lt) l
+                                  CROSS JOIN LATERAL (
+                                        SELECT time '00:00' + make_interval(mins => c.callee_window_start) AS s,
+                                               CASE WHEN c.callee_window_end = 1440 THEN time '24:00'
+                                                    ELSE time '00:00' + make_interval(mins => c.callee_window_end)
+                                               END AS e) s) w
+                         WHERE c.callee_window_start IS NOT NULL
+                  ) win ON true
+            ), verdict AS (
+                SELECT j.*,
+                       CASE WHEN j.suppressed THEN 'suppressed'
+                            WHEN j.capped_for_life THEN 'attempt_cap'
+                            WHEN j.lockout_until > p_now THEN 'abandon_lockout'
+                            WHEN j.cap_until > p_now THEN 'attempt_cap'
+                            WHEN j.next_open > p_now THEN 'callee_window'
+                       END AS reason,
+                       -- Straight to when every holding gate is open; the next claim judges again.
+                       greatest(j.lockout_until, j.cap_until, j.next_open) AS hold_until
+                  FROM judged j
+            ), closed AS (
+                UPDATE dialer_number n
+                   SET status = CASE WHEN v.suppressed THEN 'dnc' ELSE 'failed' END,
+                       last_outcome = v.reason,
+                       held_reason = NULL,
+                       updated_at = p_now
+                  FROM verdict v
+                 WHERE n.id = v.id AND (v.suppressed OR v.capped_for_life)
+                RETURNING n.id, n.phone, n.status, n.attempts, n.last_outcome, n.payload
+            ), closed_events AS (
+                INSERT INTO dialer_webhook_event (campaign_id, type, payload, created_at, next_attempt_at)
+                SELECT c.id, 'number.finished',
+                       jsonb_build_object(
+                           'campaign', jsonb_build_object('id', c.id, 'name', c.name),
+                           'number', jsonb_build_object('id', x.id, 'phone', x.phone, 'status', x.status,
+                                                        'attempts', x.attempts, 'last_outcome', x.last_outcome,
+                                                        'payload', x.payload),
+                           'attempt', NULL),
+                       p_now, p_now
+                  FROM closed x
+                 WHERE c.webhook_url IS NOT NULL
+            ), held_rows AS (
+                UPDATE dialer_number n
+                   SET next_attempt_at = v.hold_until, held_reason = v.reason, updated_at = p_now
+                  FROM verdict v
+                 WHERE n.id = v.id AND v.reason IS NOT NULL AND NOT (v.suppressed OR v.capped_for_life)
+                RETURNING n.id
+            )
+            SELECT array_agg(v.id ORDER BY v.priority DESC, v.next_attempt_at, v.id) FILTER (WHERE v.reason IS NULL),
+                   count(*) FILTER (WHERE v.reason IS NOT NULL)
+              INTO ok_ids, held
+              FROM verdict v;
+
+            RETURN QUERY
+            WITH taken AS (
+                UPDATE dialer_number n
+                   SET status = 'in_progress', dials = n.dials + 1, held_reason = NULL, updated_at = p_now
+                  FROM unnest(ok_ids[1:k]) AS p(id)
+                 WHERE n.id = p.id
+                RETURNING n.*
+            ), ins AS (
+                INSERT INTO dialer_attempt AS a
+                       (id, number_id, campaign_id, attempt_no, worker_id, provider, state, claimed_at, deadline_at)
+                SELECT gen_random_uuid(), t.id, c.id, t.dials, p_worker, c.provider, 'dialing', p_now,
+                       -- Covers the start request and the ring: acceptance only records the call id.
+                       p_now + make_interval(secs => p_dial_timeout_seconds + c.ring_timeout_seconds)
+                  FROM taken t
+                RETURNING a.id, a.number_id, a.attempt_no
+            )
+            SELECT ins.id, ins.number_id, c.id, c.name, ins.attempt_no, t.phone, coalesce(t.caller_id, c.caller_id),
+                   t.dtmf, c.ring_timeout_seconds, c.provider, t.payload
+              FROM ins JOIN taken t ON t.id = ins.number_id;
+
+            GET DIAGNOSTICS got = ROW_COUNT;
+            remaining := remaining - got;
+            taken_c := taken_c + got;
+            k := k - got;
+            -- Another batch only while gates held numbers back and capacity is left, bounded so one
+            -- claim never walks a whole night's backlog.
+            EXIT WHEN held = 0 OR k <= 0 OR rounds >= 4;
+        END LOOP;
+
+        IF taken_c > 0 THEN
+            UPDATE dialer_campaign
+               SET last_claimed_at = p_now,
+                   pacing_budget = CASE WHEN pacing_mode = 'agentless' THEN pacing_budget
+                                        ELSE greatest(pacing_budget - taken_c, 0) END
+             WHERE id = c.id;
+        END IF;
+    END LOOP;
+END;
+$$;
+
+CREATE FUNCTION dialer_record_outcomes(
+    p_ids uuid[], p_outcomes text[], p_final boolean[], p_consumes boolean[], p_final_status text[],
+    p_answered_at timestamptz[], p_ended_at timestamptz[], p_duration double precision[],
+    p_billsec integer[], p_raw_status text[], p_raw_cause text[], p_sip integer[],
+    p_provider_call_ids text[], p_dtmf text[], p_now timestamptz, p_requeue_seconds integer)
+RETURNS TABLE (attempt_id uuid, campaign text, outcome text, decision text)
+LANGUAGE plpgsql AS $$
+BEGIN
+    RETURN QUERY
+    WITH input AS (
+        SELECT * FROM unnest(p_ids, p_outcomes, p_final, p_consumes, p_final_status, p_answered_at,
+                             p_ended_at, p_duration, p_billsec, p_raw_status, p_raw_cause, p_sip,
+                             p_provider_call_ids, p_dtmf)
+               AS i(id, outcome, final, consumes, final_status, answered_at, ended_at, duration,
+                    billsec, raw_status, raw_cause, sip, provider_call_id, dtmf)
+    ), locked AS (
+        -- The row lock serialises concurrent flushes of the same attempt (a callback delivered twice
+        -- to two pods): the loser re-checks state after the winner commits and drops out.
+        SELECT a.id, a.number_id, a.attempt_no, a.claimed_at, a.answered_at AS prior_answered_at
+          FROM dialer_attempt a
+         WHERE a.id = ANY (p_ids) AND a.state <> 'ended'
+           FOR UPDATE
+    ), policed AS (
+        -- The campaign's answering-machine policy: 'final' ends the number as completed (a
+        -- message was left), 'retry' keeps the vocabulary's retry after retry_wait.
+        SELECT i.id, i.outcome, i.consumes, i.answered_at, i.ended_at, i.duration, i.billsec,
+               i.raw_status, i.raw_cause, i.sip, i.provider_call_id, i.dtmf,
+               i.final OR (i.outcome = 'answered_machine' AND cp.amd_policy = 'final') AS final,
+               CASE WHEN i.outcome = 'answered_machine' AND cp.amd_policy = 'final' THEN 'completed'
+                    ELSE i.final_status END AS final_status
+          FROM input i
+          JOIN dialer_attempt a ON a.id = i.id
+          JOIN dialer_campaign cp ON cp.id = a.campaign_id
+    ), decided AS (
+        SELECT lk.number_id, lk.attempt_no, lk.claimed_at, lk.prior_answered_at, i.*,
+               n.attempts + i.consumes::int AS attempts_after,
+               cp.retry_wait_seconds, cp.name AS campaign_name, cp.id AS campaign_id,
+               cp.webhook_url IS NOT NULL AS hooks, cp.webhook_attempt_events,
+               coalesce((cp.auto_stop_conditions ->> 'enabled')::boolean, false) AS auto_stop,
+               CASE WHEN i.final THEN 'final'
+                    WHEN NOT i.consumes THEN 'requeue'
+                    WHEN n.attempts + 1 >= 1 + cp.max_retries THEN 'exhausted'
+                    ELSE 'retry' END AS decision,
+               -- Never sooner than retry_wait after the call ended, by either clock.
+               greatest(i.ended_at, p_now) AS base_at
+          FROM locked lk
+          JOIN policed i ON i.id = lk.id
+          JOIN dialer_number n ON n.id = lk.number_id
+          JOIN dialer_campaign cp ON cp.id = n.campaign_id
+    ), num AS (
+        UPDATE dialer_number n
+           SET status = CASE d.decision WHEN 'final' THEN d.final_status
+                                        WHEN 'exhausted' THEN 'failed'
+                                        ELSE 'retry_wait' END,
+               attempts = d.attempts_after,
+               next_attempt_at = CASE d.decision
+                   WHEN 'retry' THEN d.base_at + make_interval(secs => d.retry_wait_seconds)
+                   WHEN 'requeue' THEN d.base_at + make_interval(secs => p_requeue_seconds)
+                   ELSE n.next_attempt_at END,
+               last_outcome = d.outcome,
+               updated_at = p_now
+          FROM decided d
+         WHERE n.id = d.number_id
+        RETURNING n.id, n.next_attempt_at, n.phone, n.status, n.attempts, n.payload
+    ), suppressed AS (
+        -- A do-not-call outcome (blocked, a provider's opt-out) suppresses the phone everywhere, in
+        -- the transaction that records it: no campaign dials it again, whichever queued it.
+        INSERT INTO dialer_suppression (phone, campaign_id, reason, source, created_at)
+        SELECT DISTINCT num.phone, NULL::bigint, 'outcome: ' || d.outcome, 'outcome', p_now
+          FROM decided d JOIN num ON num.id = d.number_id
+         WHERE d.decision = 'final' AND d.final_status = 'dnc'
+        ON CONFLICT DO NOTHING
+    ), stop_counts AS (
+        -- Auto-stop (CALLR Sendr's AutoStopConditions): counters kept on the campaign, and only
+        -- for campaigns that set conditions, so no one else pays a campaign-row write per flush.
+        SELECT d.campaign_id,
+               count(*) FILTER (WHERE d.outcome = 'answered_human') AS answered,
+               array_agg(d.dtmf) FILTER (WHERE d.dtmf IS NOT NULL) AS pressed
+          FROM decided d
+         WHERE d.auto_stop
+         GROUP BY d.campaign_id
+    ), stopped AS (
+        UPDATE dialer_campaign cp
+           SET auto_stop_counts = nc.counts,
+               status = CASE WHEN r.reason IS NOT NULL THEN 'stopped' ELSE cp.status END,
+               status_reason = coalesce(r.reason, cp.status_reason),
+               window_opens_at = CASE WHEN r.reason IS NOT NULL THEN NULL ELSE cp.window_opens_at END,
+               window_closes_at = CASE WHEN r.reason IS NOT NULL THEN NULL ELSE cp.window_closes_at END,
+               updated_at = p_now
+          FROM stop_counts sc
+         CROSS JOIN LATERAL (
+               SELECT cp2.auto_stop_counts
+                      || jsonb_build_object('answered', coalesce((cp2.auto_stop_counts ->> 'answered')::bigint, 0)
+                                                        + sc.answered)
+                      || (SELECT jsonb_object_agg('key_' || kk,
+                                     coalesce((cp2.auto_stop_counts ->> ('key_' || kk))::bigint, 0)
+                                     + (SELECT count(*) FROM unnest(sc.pressed) AS p(keys)
+                                         WHERE strpos(p.keys, kk::text) > 0))
+                            FROM generate_series(0, 9) AS kk) AS counts
+                 FROM dialer_campaign cp2 WHERE cp2.id = sc.campaign_id
+         ) nc
+         CROSS JOIN LATERAL (
+               -- A call that pressed several keys counts once for each of them.
+               SELECT coalesce(
+                   (SELECT format('auto-stop: %s answered calls', (nc.counts ->> 'answered'))
+                      FROM dialer_campaign cp3
+                     WHERE cp3.id = sc.campaign_id
+                       AND coalesce((cp3.auto_stop_conditions #>> '{per_answer_count,enabled}')::boolean, false)
+                       AND (cp3.auto_stop_conditions #>> '{per_answer_count,count}')::bigint > 0
+                       AND (nc.counts ->> 'answered')::bigint
+                           >= (cp3.auto_stop_conditions #>> '{per_answer_count,count}')::bigint),
+                   (SELECT format('auto-stop: %s presses of key %s', nc.counts ->> ('key_' || kk), kk)
+                      FROM dialer_campaign cp3, generate_series(0, 9) AS kk
+                     WHERE cp3.id = sc.campaign_id
+                       AND coalesce((cp3.auto_stop_conditions #>> '{per_key,enabled}')::boolean, false)
+                       AND (cp3.auto_stop_conditions #>> ARRAY['per_key', 'key_' || kk])::bigint > 0
+                       AND (nc.counts ->> ('key_' || kk))::bigint
+                           >= (cp3.auto_stop_conditions #>> ARRAY['per_key', 'key_' || kk])::bigint
+                     ORDER BY kk LIMIT 1)) AS reason
+         ) r
+         WHERE cp.id = sc.campaign_id AND cp.status IN ('running', 'paused', 'created', 'finished')
+    ), events AS (
+        -- Written by the transaction that records the outcome: no outcome without its event, and
+        -- no event for an outcome that rolled back.
+        INSERT INTO dialer_webhook_event (campaign_id, type, payload, created_at, next_attempt_at)
+        SELECT d.campaign_id, ev.type,
+               jsonb_build_object(
+                   'campaign', jsonb_build_object('id', d.campaign_id, 'name', d.campaign_name),
+                   'number', jsonb_build_object('id', num.id, 'phone', num.phone, 'status', num.status,
+                                                'attempts', num.attempts, 'last_outcome', d.outcome,
+                                                'next_attempt_at', CASE WHEN d.decision IN ('retry', 'requeue')
+                                                                        THEN num.next_attempt_at END,
+                                                'payload', num.payload),
+                   'attempt', jsonb_build_object(
+                       'id', d.id, 'attempt_no', d.attempt_no, 'outcome', d.outcome, 'decision', d.decision,
+                       'consumed_attempt', d.consumes, 'started_at', d.claimed_at,
+                       'answered_at', coalesce(d.answered_at, d.prior_answered_at), 'ended_at', d.ended_at,
+                       'duration_seconds', d.duration, 'billsec', d.billsec, 'raw_status', d.raw_status,
+                       'raw_cause', d.raw_cause, 'sip_code', d.sip)),
+               p_now, p_now
+          FROM decided d
+          JOIN num ON num.id = d.number_id
+          CROSS JOIN LATERAL (VALUES ('number.finished', d.decision IN ('final', 'exhausted')),
+                                     ('attempt.ended', d.webhook_attempt_events)) AS ev(type, wanted)
+         WHERE d.hooks AND ev.wanted
+    )
+    UPDATE dialer_attempt a
+       SET state = 'ended',
+           outcome = d.outcome,
+           answered_at = coalesce(d.answered_at, a.answered_at),
+           ended_at = d.ended_at,
+           duration_seconds = d.duration,
+           billsec = d.billsec,
+           raw_status = d.raw_status,
+           raw_cause = d.raw_cause,
+           sip_code = d.sip,
+           provider_call_id = coalesce(a.provider_call_id, d.provider_call_id),
+           dtmf_pressed = coalesce(d.dtmf, a.dtmf_pressed),
+           consumed_attempt = d.consumes,
+           decision = d.decision,
+           next_attempt_at = CASE WHEN d.decision IN ('retry', 'requeue') THEN num.next_attempt_at END
+      FROM decided d JOIN num ON num.id = d.number_id
+     WHERE a.id = d.id
+    RETURNING a.id, d.campaign_name, a.outcome, a.decision;
+
+    -- A finished call frees a concurrency slot: wake claimers now rather than at their next poll.
+    PERFORM pg_notify('dialer_due', '');
+END;
+$$;
+
+-- The signature of the previous version (no pressed keys), kept for pods still running it.
+CREATE OR REPLACE FUNCTION dialer_record_outcomes(
+    p_ids uuid[], p_outcomes text[], p_final boolean[], p_consumes boolean[], p_final_status text[],
+    p_answered_at timestamptz[], p_ended_at timestamptz[], p_duration double precision[],
+    p_billsec integer[], p_raw_status text[], p_raw_cause text[], p_sip integer[],
+    p_provider_call_ids text[], p_now timestamptz, p_requeue_seconds integer)
+RETURNS TABLE (attempt_id uuid, campaign text, outcome text, decision text)
+LANGUAGE sql AS $$
+    SELECT * FROM dialer_record_outcomes(p_ids, p_outcomes, p_final, p_consumes, p_final_status, p_answered_at,
+                                         p_ended_at, p_duration, p_billsec, p_raw_status, p_raw_cause, p_sip,
+                                         p_provider_call_ids, NULL::text[], p_now, p_requeue_seconds);
+$$;
+
+-- Unchanged but for the callee's zones, stored with each number.
+CREATE OR REPLACE FUNCTION dialer_enqueue(p_campaign text, p_numbers jsonb, p_client_token text DEFAULT NULL,
+                               p_now timestamptz DEFAULT now())
+RETURNS jsonb
+LANGUAGE plpgsql AS $$
+DECLARE
+    camp     dialer_campaign%ROWTYPE;
+    n_items  integer;
+    bad      jsonb;
+    added    integer;
+    result   jsonb;
+    req_hash bytea;
+    stored   dialer_api_request%ROWTYPE;
+BEGIN
+    SELECT * INTO camp FROM dialer_campaign WHERE name = p_campaign;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'no campaign named %', p_campaign USING ERRCODE = 'no_data_found';
+    END IF;
+    IF camp.status = 'stopped' THEN
+        RAISE EXCEPTION 'campaign % is stopped', p_campaign USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF jsonb_typeof(p_numbers) IS DISTINCT FROM 'array' THEN
+        RAISE EXCEPTION 'numbers must be a JSON array' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    n_items := jsonb_array_length(p_numbers);
+    IF n_items > 10000 THEN
+        RAISE EXCEPTION 'at most 10000 numbers per call, got %', n_items USING ERRCODE = 'program_limit_exceeded';
+    END IF;
+
+    IF p_client_token IS NOT NULL THEN
+        req_hash := sha256(convert_to(p_numbers::text, 'UTF8'));
+        -- A concurrent call with the same token waits here for the first to commit, then replays it.
+        INSERT INTO dialer_api_request (scope, client_token, request_hash, response, created_at)
+        VALUES ('enqueue:' || camp.id, p_client_token, req_hash, 'null'::jsonb, p_now)
+        ON CONFLICT DO NOTHING;
+        IF NOT FOUND THEN
+            SELECT * INTO stored FROM dialer_api_request
+             WHERE scope = 'enqueue:' || camp.id AND client_token = p_client_token;
+            IF stored.request_hash <> req_hash THEN
+                RAISE EXCEPTION 'client token % was already used for a different request', p_client_token
+                      USING ERRCODE = 'unique_violation';
+            END IF;
+            RETURN stored.response || '{"replayed": true}'::jsonb;
+        END IF;
+    END IF;
+
+    CREATE TEMPORARY TABLE IF NOT EXISTS dialer_enqueue_items (
+        idx integer, phone text, caller_id text, dtmf text, priority integer, payload jsonb, error text
+    ) ON COMMIT DROP;
+    TRUNCATE dialer_enqueue_items;
+    INSERT INTO dialer_enqueue_items
+    SELECT e.idx - 1,
+           CASE jsonb_typeof(e.item) WHEN 'string' THEN e.item #>> '{}' ELSE e.item ->> 'phone' END,
+           e.item ->> 'caller_id', e.item ->> 'dtmf',
+           CASE WHEN jsonb_typeof(e.item -> 'priority') = 'number'
+                     AND (e.item ->> 'priority') ~ '^-?[0-9]{1,4}$' THEN (e.item ->> 'priority')::integer END,
+           e.item -> 'payload',
+           CASE
+               WHEN jsonb_typeof(e.item) NOT IN ('string', 'object') THEN 'must be a phone string or an object'
+               WHEN jsonb_typeof(e.item) = 'object' AND jsonb_typeof(e.item -> 'phone') IS DISTINCT FROM 'string'
+                   THEN 'phone: required string'
+               WHEN NOT dialer_phone_valid(CASE jsonb_typeof(e.item) WHEN 'string' THEN e.item #>> '{}'
+                                                                     ELSE e.item ->> 'phone' END)
+                   THEN 'phone: not a valid E.164 number'
+               WHEN jsonb_typeof(e.item) = 'object' AND e.item ? 'caller_id' AND jsonb_typeof(e.item -> 'caller_id') <> 'null'
+                    AND NOT dialer_phone_valid(e.item ->> 'caller_id')
+                   THEN 'caller_id: not a valid E.164 number'
+               WHEN jsonb_typeof(e.item) = 'object' AND e.item ? 'dtmf' AND jsonb_typeof(e.item -> 'dtmf') <> 'null'
+                    AND (e.item ->> 'dtmf') !~ '^[0-9#*Ww]{1,64}$'
+                   THEN 'dtmf: digits, #, * and W only (1-64)'
+               WHEN jsonb_typeof(e.item) = 'object' AND e.item ? 'priority' AND jsonb_typeof(e.item -> 'priority') <> 'null'
+                    AND NOT (jsonb_typeof(e.item -> 'priority') = 'number' AND (e.item ->> 'priority') ~ '^-?[0-9]{1,4}$'
+                             AND abs((e.item ->> 'priority')::integer) <= 1000)
+                   THEN 'priority: an integer between -1000 and 1000'
+           END
+      FROM jsonb_array_elements(p_numbers) WITH ORDINALITY AS e(item, idx);
+
+    SELECT jsonb_agg(jsonb_build_object('index', idx, 'error', error) ORDER BY idx) INTO bad
+      FROM dialer_enqueue_items WHERE error IS NOT NULL;
+    IF bad IS NOT NULL THEN
+        RAISE EXCEPTION 'invalid numbers: % of % items rejected', jsonb_array_length(bad), n_items
+              USING ERRCODE = 'invalid_parameter_value', DETAIL = bad::text;
+    END IF;
+
+    INSERT INTO dialer_number (campaign_id, phone, caller_id, dtmf, priority, payload, next_attempt_at,
+                               created_at, updated_at, callee_zones)
+    SELECT camp.id, i.phone, i.caller_id, i.dtmf, coalesce(i.priority, 0), i.payload, p_now, p_now, p_now,
+           dialer_callee_zones(i.phone)
+      FROM dialer_enqueue_items i
+     ORDER BY i.idx
+    ON CONFLICT (campaign_id, phone) DO NOTHING;
+    GET DIAGNOSTICS added = ROW_COUNT;
+    IF added > 0 AND camp.status = 'finished' THEN
+        UPDATE dialer_campaign SET status = 'running', status_reason = 'numbers added', updated_at = p_now
+         WHERE id = camp.id AND status = 'finished';
+    END IF;
+
+    result := jsonb_build_object('campaign', camp.name, 'received', n_items, 'added', added,
+                                 'duplicates', n_items - added, 'replayed', false);
+    IF p_client_token IS NOT NULL THEN
+        UPDATE dialer_api_request SET response = result
+         WHERE scope = 'enqueue:' || camp.id AND client_token = p_client_token;
+    END IF;
+    RETURN result;
+END;
+$$;
