@@ -368,9 +368,12 @@ BEGIN
                    AND n.next_attempt_at <= p_now
                    AND n.attempts < 1 + c.max_retries
                  ORDER BY n.priority DESC, n.next_attempt_at, n.id
-                 -- Judged in whole batches, not k at a time: when most due numbers are held (the
-                 -- callee's night), a rate-capped campaign still clears them p_limit at a time.
-                 LIMIT greatest(k, p_limit)
+                 -- The first round judges (and locks) only the k it may dial: in the common case
+                 -- nothing is held and judging more only burns the gate checks and keeps rows
+                 -- from other workers. Once gates hold numbers back (the callee's night), later
+                 -- rounds judge whole batches, so a rate-capped campaign still clears them p_limit
+                 -- at a time.
+                 LIMIT CASE WHEN rounds = 1 THEN k ELSE greatest(k, p_limit) END
                    FOR UPDATE OF n SKIP LOCKED
             ), judged AS (
                 SELECT cand.*,
