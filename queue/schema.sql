@@ -653,9 +653,30 @@ BEGIN
                      ORDER BY kk LIMIT 1)) AS reason
          ) r
          WHERE cp.id = sc.campaign_id AND cp.status IN ('running', 'paused', 'created', 'finished')
+    ), ended AS (
+        UPDATE dialer_attempt a
+           SET state = 'ended',
+               outcome = d.outcome,
+               answered_at = coalesce(d.answered_at, a.answered_at),
+               ended_at = d.ended_at,
+               duration_seconds = d.duration,
+               billsec = d.billsec,
+               raw_status = d.raw_status,
+               raw_cause = d.raw_cause,
+               sip_code = d.sip,
+               provider_call_id = coalesce(a.provider_call_id, d.provider_call_id),
+               dtmf_pressed = coalesce(d.dtmf, a.dtmf_pressed),
+               consumed_attempt = d.consumes,
+               decision = d.decision,
+               next_attempt_at = CASE WHEN d.decision IN ('retry', 'requeue') THEN num.next_attempt_at END
+          FROM decided d JOIN num ON num.id = d.number_id
+         WHERE a.id = d.id
+        -- After the agent trigger: abandoned_at and agent_released_at are what it stored.
+        RETURNING a.id, d.campaign_name, a.outcome, a.decision, a.bridged_at, a.abandoned_at, a.dtmf_pressed
     ), events AS (
         -- Written by the transaction that records the outcome: no outcome without its event, and
-        -- no event for an outcome that rolled back.
+        -- no event for an outcome that rolled back. Built from what the attempt update stored, so
+        -- an abandoned call (marked by the agent trigger) says so.
         INSERT INTO dialer_webhook_event (campaign_id, type, payload, created_at, next_attempt_at)
         SELECT d.campaign_id, ev.type,
                jsonb_build_object(
@@ -670,32 +691,18 @@ BEGIN
                        'consumed_attempt', d.consumes, 'started_at', d.claimed_at,
                        'answered_at', coalesce(d.answered_at, d.prior_answered_at), 'ended_at', d.ended_at,
                        'duration_seconds', d.duration, 'billsec', d.billsec, 'raw_status', d.raw_status,
-                       'raw_cause', d.raw_cause, 'sip_code', d.sip)),
+                       'raw_cause', d.raw_cause, 'sip_code', d.sip, 'keys_pressed', e.dtmf_pressed,
+                       'bridged_at', e.bridged_at, 'abandoned', e.abandoned_at IS NOT NULL,
+                       'abandoned_at', e.abandoned_at)),
                p_now, p_now
-          FROM decided d
+          FROM ended e
+          JOIN decided d ON d.id = e.id
           JOIN num ON num.id = d.number_id
           CROSS JOIN LATERAL (VALUES ('number.finished', d.decision IN ('final', 'exhausted')),
                                      ('attempt.ended', d.webhook_attempt_events)) AS ev(type, wanted)
          WHERE d.hooks AND ev.wanted
     )
-    UPDATE dialer_attempt a
-       SET state = 'ended',
-           outcome = d.outcome,
-           answered_at = coalesce(d.answered_at, a.answered_at),
-           ended_at = d.ended_at,
-           duration_seconds = d.duration,
-           billsec = d.billsec,
-           raw_status = d.raw_status,
-           raw_cause = d.raw_cause,
-           sip_code = d.sip,
-           provider_call_id = coalesce(a.provider_call_id, d.provider_call_id),
-           dtmf_pressed = coalesce(d.dtmf, a.dtmf_pressed),
-           consumed_attempt = d.consumes,
-           decision = d.decision,
-           next_attempt_at = CASE WHEN d.decision IN ('retry', 'requeue') THEN num.next_attempt_at END
-      FROM decided d JOIN num ON num.id = d.number_id
-     WHERE a.id = d.id
-    RETURNING a.id, d.campaign_name, a.outcome, a.decision;
+    SELECT e.id, e.campaign_name, e.outcome, e.decision FROM ended e;
 
     -- A finished call frees a concurrency slot: wake claimers now rather than at their next poll.
     PERFORM pg_notify('dialer_due', '');

@@ -275,3 +275,24 @@ async def test_api_refuses_impossible_pacing_settings_with_a_pointer(client: Cli
     assert status == 422
     assert doc["errors"][0]["source"]["pointer"] == "/data/attributes/pacing_settings"
     assert await client.conn.fetchval("SELECT count(*) FROM dialer_campaign") == 0
+
+
+async def test_the_outcome_webhook_says_whether_the_call_was_abandoned(conn: asyncpg.Connection) -> None:
+    """The attempt.ended event is built after the agent trigger: an abandoned answer says so, a
+    short one does not (migration 0010)."""
+    cid = await agent_campaign(conn, agents=0)
+    await conn.execute(
+        "UPDATE dialer_campaign SET webhook_url = 'https://crm.example.com/h', webhook_attempt_events = true"
+        " WHERE id = $1",
+        cid,
+    )
+    a, b = await claim(conn, cid, 2, at(0))
+    await answer(conn, [a, b], at(1))
+    await end(conn, a, Outcome.ANSWERED_HUMAN, at(4))
+    await end(conn, b, Outcome.ANSWERED_HUMAN, at(2))
+    events = {
+        r["payload"]["attempt"]["id"]: r["payload"]["attempt"]
+        for r in await conn.fetch("SELECT payload FROM dialer_webhook_event WHERE type = 'attempt.ended'")
+    }
+    assert events[str(a)]["abandoned"] is True and events[str(a)]["abandoned_at"] is not None
+    assert events[str(b)]["abandoned"] is False and events[str(b)]["bridged_at"] is None
