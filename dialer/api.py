@@ -534,7 +534,8 @@ def _page_response(
 ) -> web.Response:
     total = rows[0]["total"] if rows else 0
     if not rows and number > 1:
-        # An empty page past the end still reports the true total: count it.
+        # Past the end the window count has no row to ride on, so the total is unknown here;
+        # say nothing rather than a wrong 0 (the links still point back to page 1).
         total = -1
     return document(
         [render(r) for r in rows],
@@ -867,7 +868,7 @@ def _region(raw: Any, pointer: str) -> str | None:
     if raw is None:
         return None
     try:
-        return ingest._check_region(raw) if isinstance(raw, str) else ingest._check_region(str(raw))
+        return ingest.check_region(str(raw))
     except ValueError as exc:
         raise ApiError(422, "Invalid region", str(exc), pointer=pointer) from None
 
@@ -996,7 +997,7 @@ async def upload_numbers(request: web.Request) -> web.Response:
     partial = _query_bool(request, "partial") or False
     region = request.query.get("default_region")
     try:
-        region = ingest._check_region(region)
+        region = ingest.check_region(region)
     except ValueError as exc:
         raise ApiError(400, "Invalid parameter", str(exc), parameter="default_region") from None
     token = _client_token(

@@ -33,6 +33,7 @@ __all__ = [
     "BadRow",
     "IngestError",
     "Row",
+    "check_region",
     "normalize_e164",
     "open_upload",
     "parse_file",
@@ -306,7 +307,7 @@ def _resolve(raw: str, region: str | None) -> _ParseResult:
     )
 
 
-def _check_region(region: str | None) -> str | None:
+def check_region(region: str | None) -> str | None:
     if region is None:
         return None
     upper = region.upper()
@@ -327,7 +328,7 @@ def normalize_e164(raw: str, default_region: str | None = None) -> str:
     first read as a national number of that region.  Validity is phonenumbers'
     ``is_valid_number``.
     """
-    e164, _, why = _resolve(raw, _check_region(default_region))
+    e164, _, why = _resolve(raw, check_region(default_region))
     if e164 is None:
         raise ValueError(f"invalid E.164 number '{_shown(raw.strip())}': {why}")
     return e164
@@ -366,7 +367,7 @@ def parse_rows(
     Raises IngestError (lazily, while iterating) on text that is not valid UTF-8.  Caller
     ids are read in the region of their destination number; duplicate numbers are kept.
     """
-    return _parse_rows(iter(lines), _check_region(default_region), start_line)
+    return _parse_rows(iter(lines), check_region(default_region), start_line)
 
 
 def _parse_rows(lines: Iterator[str], region: str | None, start_line: int) -> Iterator[Row | BadRow]:
@@ -540,7 +541,7 @@ def open_upload(path: str | Path) -> TextIO:
 
 def parse_file(path: str | Path, *, default_region: str | None = None) -> Iterator[Row | BadRow]:
     """Open and parse an upload; container errors raise IngestError now, read errors later."""
-    region = _check_region(default_region)
+    region = check_region(default_region)
     stream = open_upload(path)
     return _parse_stream(stream, region, Path(path).name)
 
