@@ -270,7 +270,8 @@ async def tick(conn: Conn, campaign_id: int, now: dt.datetime, interval_seconds:
         busy_since = [r["bridged_at"] for r in await conn.fetch(Q.pacing_busy, campaign_id, now)]
         agents = int(camp["agents_logged_in"])
         state = agent_state(rows, busy_since, agents, now)
-        estimates = estimator.estimates(now.timestamp())
+        # The calls agents are on now count as handle times still running (right-censored).
+        estimates = estimator.estimates(now.timestamp(), state.busy_elapsed_seconds)
         decision = decide(settings, state, estimates)
         minutes = _minutes(
             seen_doc.get("minutes"),

@@ -18,6 +18,7 @@ import hashlib
 import hmac
 import math
 import random
+import statistics
 import sys
 import time
 import uuid
@@ -31,8 +32,6 @@ import orjson
 from aiohttp import web
 
 from dialer import simdialects
-
-# Re-exported: these lived here before dialects had a package of their own.
 from dialer.simdialects import E164 as E164
 from dialer.simdialects import MAX_ATTEMPT_ID_LENGTH as MAX_ATTEMPT_ID_LENGTH
 from dialer.simdialects import (
@@ -44,6 +43,9 @@ from dialer.simdialects import (
     StartSpec,
     iso_utc,
 )
+
+# Re-exported: these lived here before dialects had a package of their own.
+from dialer.simhttp import CallbackClient
 
 __all__ = [
     "SIMULATOR_STATE",
@@ -58,6 +60,8 @@ __all__ = [
 
 OUTCOMES: Final[frozenset[str]] = frozenset({"answered", "busy", "no-answer", "failed", "congestion"})
 FINAL_STATUSES: Final[frozenset[str]] = frozenset({"completed", "busy", "no-answer", "failed", "canceled"})
+
+_STANDARD_NORMAL: Final = statistics.NormalDist()
 
 SIGNATURE_HEADER = "X-Simulator-Signature"
 TIMESTAMP_HEADER = "X-Simulator-Timestamp"
@@ -92,6 +96,12 @@ def sign(secret: str, body: bytes) -> str:
     return hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
+def _lognormal(u: float, mu: float, sigma: float) -> float:
+    """The lognormal(mu, sigma) quantile at u: one uniform draw per value, however many are drawn."""
+    u = min(max(u, 1e-12), 1.0 - 1e-12)  # random() may return 0.0, where the quantile is -inf
+    return math.exp(mu + sigma * _STANDARD_NORMAL.inv_cdf(u))
+
+
 def max_in_window(timestamps: Iterable[float], window_seconds: float = 1.0) -> int:
     """Most timestamps inside any half-open window [t, t + window_seconds); input sorted ascending."""
     recent: deque[float] = deque()
@@ -117,10 +127,18 @@ class SimulatorConfig:
     busy_probability: float = 0.15
     no_answer_probability: float = 0.35
     failed_probability: float = 0.15
+    # Ring time of answered and busy calls: uniform in ring_min..ring_max. With
+    # answer_ring_median_seconds set, answered calls ring a lognormal time instead (that median,
+    # answer_ring_sigma the standard deviation of its log) and the uniform range is busy calls' alone.
     ring_min_seconds: float = 2.0
     ring_max_seconds: float = 15.0
+    answer_ring_median_seconds: float | None = None
+    answer_ring_sigma: float = 0.5
+    # Talk time: exponential with mean talk_mean_seconds, or with talk_sigma set lognormal with that
+    # mean and talk_sigma the standard deviation of its log; capped at talk_max_seconds either way.
     talk_mean_seconds: float = 60.0
     talk_max_seconds: float = 1800.0
+    talk_sigma: float | None = None
     # A failed call never rings: the network rejects it after this setup time.
     failure_delay_seconds: float = 0.5
     # Deterministic outcomes for tests: exact number first, then the number's last digit.
@@ -165,6 +183,12 @@ class SimulatorConfig:
             raise ValueError("need 0 <= ring_min_seconds <= ring_max_seconds")
         if self.talk_mean_seconds <= 0 or self.talk_max_seconds <= 0:
             raise ValueError("talk_mean_seconds and talk_max_seconds must be positive")
+        if self.answer_ring_median_seconds is not None and not self.answer_ring_median_seconds > 0:
+            raise ValueError("answer_ring_median_seconds must be positive when set")
+        for name in ("answer_ring_sigma", "talk_sigma"):
+            sigma = getattr(self, name)
+            if sigma is not None and not 0 <= sigma <= 5:
+                raise ValueError(f"{name} must be within 0..5, got {sigma!r}")
         if self.max_cps is not None and self.max_cps <= 0:
             raise ValueError("max_cps must be positive when set")
         if self.callback_max_attempts < 1 or self.log_max_entries < 1 or self.callback_max_connections < 1:
@@ -326,7 +350,7 @@ class SimulatorState:
         # pin them; call timers run on the event loop's own clock.
         self.clock = clock
         self.dialects: dict[str, Dialect] = simdialects.build(config)
-        self._session: aiohttp.ClientSession | None = None
+        self._session: CallbackClient | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._end_waiters: dict[str, list[asyncio.Future[dict[str, Any]]]] = {}
         self._live: dict[str, _Call] = {}
@@ -432,11 +456,20 @@ class SimulatorState:
     def _choose_outcome(self, to: str) -> tuple[str, float, float]:
         cfg = self.config
         rng = self._outcome_rng
-        # Every call draws the same four numbers, so forcing one number leaves the others' outcomes alone.
+        # Every call draws the same four numbers, so forcing one number leaves the others' outcomes alone
+        # (and the lognormal options, which transform the same draws, leave the outcome mix alone).
         u = rng.random()
-        ring = rng.uniform(cfg.ring_min_seconds, cfg.ring_max_seconds)
-        talk = min(rng.expovariate(1.0 / cfg.talk_mean_seconds), cfg.talk_max_seconds)
+        ring_u = rng.random()
+        talk_u = rng.random()
         congested = rng.random() < 0.5
+        # random.uniform's and random.expovariate's own formulas: a seed gives the defaults' old durations.
+        ring = cfg.ring_min_seconds + (cfg.ring_max_seconds - cfg.ring_min_seconds) * ring_u
+        if cfg.talk_sigma is None:
+            talk = -math.log(1.0 - talk_u) / (1.0 / cfg.talk_mean_seconds)
+        else:
+            sigma = cfg.talk_sigma
+            talk = _lognormal(talk_u, math.log(cfg.talk_mean_seconds) - sigma * sigma / 2, sigma)
+        talk = min(talk, cfg.talk_max_seconds)
         forced = cfg.forced_outcomes.get(to) or cfg.force_by_last_digit.get(to[-1])
         if forced is not None:
             outcome = forced
@@ -451,6 +484,8 @@ class SimulatorState:
                 outcome = "no-answer"
             else:
                 outcome = "congestion" if congested else "failed"
+        if outcome == "answered" and cfg.answer_ring_median_seconds is not None:
+            ring = _lognormal(ring_u, math.log(cfg.answer_ring_median_seconds), cfg.answer_ring_sigma)
         return outcome, ring, max(talk, 1.0)
 
     def _create(self, spec: StartSpec, dialect: Dialect, campaign: str, now: float) -> _Call:
@@ -707,11 +742,11 @@ class SimulatorState:
         session = self._client()
         for attempt in range(1, cfg.callback_max_attempts + 1):
             try:
-                async with session.post(url, data=body, headers=headers) as resp:
-                    if 200 <= resp.status < 300:
-                        self.callbacks_sent += 1
-                        return
-                    reason = f"http_{resp.status}"
+                status = await session.post(url, body, headers)
+                if 200 <= status < 300:
+                    self.callbacks_sent += 1
+                    return
+                reason = f"http_{status}"
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                 reason = type(exc).__name__
             self.callback_errors[reason] = self.callback_errors.get(reason, 0) + 1
@@ -721,13 +756,10 @@ class SimulatorState:
         # Left for the worker's sweeper, which reconciles through the dialect's lookup.
         self.callbacks_failed += 1
 
-    def _client(self) -> aiohttp.ClientSession:
+    def _client(self) -> CallbackClient:
         if self._session is None or self._session.closed:
             cfg = self.config
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=cfg.callback_max_connections),
-                timeout=aiohttp.ClientTimeout(total=cfg.callback_timeout_seconds),
-            )
+            self._session = CallbackClient(cfg.callback_max_connections, cfg.callback_timeout_seconds)
         return self._session
 
     async def drain_callbacks(self) -> None:

@@ -289,6 +289,11 @@ CREATE TRIGGER dialer_number_notify AFTER INSERT ON dialer_number
 -- passed. Held numbers are neither failed nor charged an attempt. Every gate is an index probe per
 -- number: suppression by phone, the phone's attempts in the last 24 h / lockout through
 -- (number_id, claimed_at), zones read from the number itself.
+--   * the per-phone caps span campaigns, which the campaign row lock does not serialise: with a
+-- cap set, a number is judged only under a transaction advisory lock on its phone (try-lock: a
+-- phone another claim is judging is skipped), taken in a statement before the judging one, so the
+-- history read sees every call the previous holder committed. Calls in flight count against both
+-- caps. No cap set: no locks, and the plan is the one without caps.
 CREATE FUNCTION dialer_claim(p_worker uuid, p_limit integer, p_now timestamptz, p_dial_timeout_seconds integer,
                              p_skip_providers text[])
 RETURNS TABLE (
@@ -318,8 +323,18 @@ DECLARE
     ok_ids    bigint[];
     cap_day   integer;
     cap_life  integer;
+    locks_left integer;  -- phone locks this claim may still take; NULL: no cap set, no locks
+    locked_ids bigint[]; -- this round's candidates whose phone lock is held; NULL: no cap set
 BEGIN
     SELECT cc.max_attempts_per_24h, cc.max_attempts_lifetime INTO cap_day, cap_life FROM dialer_compliance cc;
+    -- The caps count a phone's calls through every campaign, and the campaign row lock does not
+    -- serialise two campaigns: with a cap set, a number is judged only under an advisory lock on its
+    -- phone. Each is a shared lock-table entry held to commit, so a claim takes at most its batch or
+    -- max_locks_per_transaction (its share of that table), whichever is larger; numbers past that
+    -- wait for the next claim rather than the claim failing "out of shared memory" on every retry.
+    IF cap_day IS NOT NULL OR cap_life IS NOT NULL THEN
+        locks_left := greatest(p_limit, current_setting('max_locks_per_transaction')::integer);
+    END IF;
     FOR c IN
         SELECT cp.*
           FROM dialer_campaign cp
@@ -335,6 +350,7 @@ BEGIN
          FOR UPDATE SKIP LOCKED
     LOOP
         EXIT WHEN remaining <= 0;
+        EXIT WHEN locks_left <= 0;  -- NULL (no cap set): never
         -- Checked here, not in the cursor: the cursor's rows are fetched (and locked) lazily, so
         -- a claim that fills its batch from the first campaigns never probes the others.
         CONTINUE WHEN NOT EXISTS (SELECT 1 FROM dialer_number n
@@ -360,6 +376,33 @@ BEGIN
         rounds := 0;
         LOOP
             rounds := rounds + 1;
+            IF locks_left IS NOT NULL THEN
+                EXIT WHEN locks_left <= 0;
+                -- The phone locks, in a statement of their own: the judging statement below then
+                -- takes a fresh snapshot (READ COMMITTED), which sees every attempt committed by
+                -- the claim that held a lock before us; a history read in the statement that
+                -- takes the lock would use a snapshot from before that commit. Try-locks: a phone
+                -- another claim is judging is skipped (no waits, no deadlocks; a hash collision
+                -- only skips a number once). Same candidates and limit as the judging statement;
+                -- a number skipped here stays row-locked by this claim, unjudged, until commit.
+                SELECT coalesce(array_agg(l.id), '{}') INTO locked_ids
+                  FROM (SELECT q.id
+                          FROM (SELECT n.id, n.phone
+                                  FROM dialer_number n
+                                 WHERE n.campaign_id = c.id
+                                   AND n.status IN ('untried', 'retry_wait')
+                                   AND n.next_attempt_at <= p_now
+                                   AND n.attempts < 1 + c.max_retries
+                                 ORDER BY n.priority DESC, n.next_attempt_at, n.id
+                                 -- Keeps the try-lock out of this subquery: it runs above the row
+                                 -- lock and the limit, so only for candidates that will be judged.
+                                 OFFSET 0
+                                   FOR UPDATE OF n SKIP LOCKED) q
+                         WHERE pg_try_advisory_xact_lock(hashtextextended(q.phone, 1885892462))
+                         LIMIT least(CASE WHEN rounds = 1 THEN k ELSE greatest(k, p_limit) END, locks_left)) l;
+                locks_left := locks_left - cardinality(locked_ids);
+                EXIT WHEN cardinality(locked_ids) = 0;
+            END IF;
             WITH cand AS (
                 SELECT n.id, n.phone, n.callee_zones, n.priority, n.next_attempt_at, n.attempts, n.payload
                   FROM dialer_number n
@@ -367,6 +410,11 @@ BEGIN
                    AND n.status IN ('untried', 'retry_wait')
                    AND n.next_attempt_at <= p_now
                    AND n.attempts < 1 + c.max_retries
+                   -- With a cap set, only the rows whose phone lock is held (above). With none,
+                   -- locked_ids is NULL and this folds away: the plan is the one without caps.
+                   -- array_position, not = ANY: = ANY is estimated as selective, which tipped the
+                   -- plan cache to a generic plan for the no-cap claim too (measured).
+                   AND (locked_ids IS NULL OR array_position(locked_ids, n.id) IS NOT NULL)
                  ORDER BY n.priority DESC, n.next_attempt_at, n.id
                  -- The first round judges (and locks) only the k it may dial: in the common case
                  -- nothing is held and judging more only burns the gate checks and keeps rows
@@ -382,8 +430,11 @@ BEGIN
                        EXISTS (SELECT 1 FROM dialer_suppression s
                                 WHERE s.phone = cand.phone AND (s.campaign_id IS NULL OR s.campaign_id = c.id))
                            AS suppressed,
+                       -- A call in flight counts (it records its attempt only when it ends), as
+                       -- in the 24 h count below: otherwise a second campaign dials past the cap.
                        cap_life IS NOT NULL
-                           AND (SELECT sum(n2.attempts) FROM dialer_number n2 WHERE n2.phone = cand.phone) >= cap_life
+                           AND (SELECT sum(n2.attempts) + count(*) FILTER (WHERE n2.status = 'in_progress')
+                                  FROM dialer_number n2 WHERE n2.phone = cand.phone) >= cap_life
                            AS capped_for_life,
                        hist.abandoned_at + make_interval(secs => c.abandon_lockout_seconds) AS lockout_until,
                        -- The 24 h window frees up when the oldest call that keeps it full turns 24 h old.

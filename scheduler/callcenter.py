@@ -15,10 +15,16 @@ import heapq
 import math
 import random
 from dataclasses import dataclass, field
+from typing import Any
 
 from scheduler.pacing import AgentState, Estimator, PacingSettings, decide
 
 _RING_END, _ABANDON_CHECK, _HANDLE_END = 0, 1, 2
+# How long an unanswered attempt that fails fast (busy, invalid, rejected) takes: uniform in this range.
+FAST_FAIL_SECONDS = (1.0, 6.0)
+# The provider simulator caps talk time; the model does not. This many mean talk times is a cap no
+# lognormal talk time of a sensible sigma reaches (sigma 0.8: one call in billions).
+_TALK_CAP_MEANS = 100.0
 # Running abandonment is only judged once this many live answers are in: before that one drop is
 # several percent, and a real campaign is still in warm-up (progressive) anyway.
 _PEAK_MIN_ANSWERED = 100
@@ -36,7 +42,8 @@ class CallCenterConfig:
     ring_timeout_seconds: float = 25.0
     answer_median_seconds: float = 8.0
     answer_sigma: float = 0.5
-    # Share of unanswered attempts that end quickly (busy, invalid, rejected), uniform in 1..6 s.
+    # Share of unanswered attempts that end quickly (busy, invalid, rejected), uniform in
+    # FAST_FAIL_SECONDS.
     fast_fail_share: float = 0.25
     talk_mean_seconds: float = 120.0
     talk_sigma: float = 0.8
@@ -153,7 +160,7 @@ def simulate(config: CallCenterConfig, settings: PacingSettings) -> SimResult:
             ring = min(rng.lognormvariate(answer_mu, config.answer_sigma), ring_cap)
             push(now + ring, _RING_END, call, 1.0)
         elif rng.random() < config.fast_fail_share:
-            push(now + rng.uniform(1.0, 6.0), _RING_END, call, 0.0)
+            push(now + rng.uniform(*FAST_FAIL_SECONDS), _RING_END, call, 0.0)
         else:
             push(now + config.ring_timeout_seconds, _RING_END, call, 0.0)
 
@@ -165,7 +172,7 @@ def simulate(config: CallCenterConfig, settings: PacingSettings) -> SimResult:
             at, _, kind, call, value = heapq.heappop(heap)
             process(at, kind, call, value)
         if tick >= next_estimate:
-            estimates = estimator.estimates(tick)
+            estimates = estimator.estimates(tick, [tick - s for s in busy.values()])
             next_estimate += config.estimate_every_seconds
         state = AgentState(
             agents_free=free,
@@ -196,4 +203,232 @@ def simulate(config: CallCenterConfig, settings: PacingSettings) -> SimResult:
         calls_per_agent_hour=bridged / (config.agents * config.hours) if config.agents else 0.0,
         mean_wait_seconds=wait_total / bridged if bridged else 0.0,
         reasons=reasons,
+    )
+
+
+@dataclass(frozen=True)
+class ProviderModel:
+    """A CallCenterConfig's calls and agents as the provider simulator and an agent campaign run them.
+
+    simulator: dialer.simulator.SimulatorConfig keys (SimulatorConfig.from_dict takes them). Its
+      durations stay in simulated seconds and time_scale compresses them, as the simulator does.
+    ring_timeout_seconds: the campaign's ring timeout, in simulated seconds as the provider reads the
+      start request: unanswered calls that do not fail fast ring to it.
+    agents_logged_in: the campaign's agents.
+    pacing_settings: PacingSettings overrides for the campaign, in real seconds (the workers run on
+      the system clock): wrap-up, which the agent-end trigger adds to each bridged call's end.
+    """
+
+    simulator: dict[str, Any]
+    ring_timeout_seconds: int
+    agents_logged_in: int
+    pacing_settings: dict[str, float]
+
+
+def provider_model(config: CallCenterConfig, time_scale: float) -> ProviderModel:
+    """Translate the model that simulate() runs into the provider simulator's terms, time_scale real
+    seconds per simulated second, so real workers dial the same contact center.
+
+    Answered calls ring the model's lognormal time and talk its lognormal time; of the unanswered,
+    the fast-fail share is the simulator's "busy" (ringing uniformly in FAST_FAIL_SECONDS) and the
+    rest its "no-answer" (ringing to the campaign's timeout); the simulator's "failed" is not used.
+    Two things the workers do differently: an answered call rings at most to the timeout (simulate:
+    half a second less), and talk starts at the answer, so a caller who waited for an agent spends
+    that wait out of the agent's talk time (simulate: talk starts at the bridge).
+    """
+    if not 0.0 < time_scale <= 1.0:
+        raise ValueError(f"time_scale must be in (0, 1], got {time_scale}")
+    timeout = config.ring_timeout_seconds
+    if timeout != int(timeout):
+        raise ValueError(f"ring_timeout_seconds must be a whole number for a campaign, got {timeout}")
+    unanswered = 1.0 - config.answer_rate
+    return ProviderModel(
+        simulator={
+            "time_scale": time_scale,
+            "seed": config.seed,
+            # Bridging to an agent happens on the answer, so agent campaigns need the answered event.
+            "intermediate_events": True,
+            "answer_probability": config.answer_rate,
+            "busy_probability": unanswered * config.fast_fail_share,
+            "no_answer_probability": unanswered * (1.0 - config.fast_fail_share),
+            "failed_probability": 0.0,
+            "ring_min_seconds": FAST_FAIL_SECONDS[0],
+            "ring_max_seconds": FAST_FAIL_SECONDS[1],
+            "answer_ring_median_seconds": config.answer_median_seconds,
+            "answer_ring_sigma": config.answer_sigma,
+            "talk_mean_seconds": config.talk_mean_seconds,
+            "talk_sigma": config.talk_sigma,
+            "talk_max_seconds": _TALK_CAP_MEANS * config.talk_mean_seconds,
+        },
+        ring_timeout_seconds=int(timeout),
+        agents_logged_in=config.agents,
+        pacing_settings={"wrap_up_seconds": config.wrap_up_seconds * time_scale},
+    )
+
+
+# ---------------------------------------------------------------------------------------------------
+# Benchmark device, not a dialer: an "oracle" pacing that no real dialer can implement.
+
+
+def _lognormal_cdf(x: float, mu: float, sigma: float) -> float:
+    return 0.0 if x <= 0.0 else 0.5 * math.erfc(-(math.log(x) - mu) / (sigma * math.sqrt(2.0)))
+
+
+def _count_at_most(probabilities: list[float], m: int) -> float:
+    """P(at most m of independent events with these probabilities happen), exact (Poisson binomial)."""
+    if m < 0:
+        return 0.0
+    dist = [1.0] + [0.0] * m  # dist[j] = P(exactly j so far), for j <= m
+    for q in probabilities:
+        if q <= 0.0:
+            continue
+        keep = 1.0 - q
+        for j in range(m, 0, -1):
+            dist[j] = dist[j] * keep + dist[j - 1] * q
+        dist[0] *= keep
+    return sum(dist)
+
+
+def simulate_oracle(config: CallCenterConfig, settings: PacingSettings, risk: float) -> SimResult:
+    """An upper bound on what any pacing can do on this center: a clairvoyant dialer (benchmark only).
+
+    It knows, before dialling, whether each number will be answered by a person and after how long
+    it will ring, so it dials unanswered numbers freely (bounded only by max_dial_ratio lines per
+    agent) and places every live answer at an instant it chooses. It does not know talk times: like
+    the real controller it sees each busy agent's elapsed handle time, but it knows the true
+    talk-time distribution exactly (no estimation, no warm-up). It dials the next answered number
+    only while, for that call and for every answered call already ringing that would land after it,
+    P(fewer agents free by landing + abandon grace than answers landing up to then) <= risk
+    (exact Poisson-binomial over the busy agents). Tune `risk` to reach a given abandonment; the
+    occupancy is then about the best any dialer could reach with that abandonment.
+    """
+    if not 0.0 < risk < 1.0:
+        raise ValueError(f"risk must be in (0, 1), got {risk}")
+    rng = random.Random(config.seed)  # talk times
+    numbers = random.Random(config.seed * 7919 + 1)  # the calling list's outcomes, known in advance
+    start = config.start_time
+    end = start + config.hours * 3600.0
+    wrap = config.wrap_up_seconds
+    answer_mu = math.log(config.answer_median_seconds)
+    talk_mu = math.log(config.talk_mean_seconds) - config.talk_sigma**2 / 2
+    sigma = config.talk_sigma
+    grace = settings.abandon_after_seconds
+    ring_cap = config.ring_timeout_seconds - 0.5
+    lines_cap = math.floor(settings.max_dial_ratio * config.agents + 1e-9)
+
+    def next_number() -> tuple[bool, float]:
+        if numbers.random() < config.answer_rate:
+            return True, min(numbers.lognormvariate(answer_mu, config.answer_sigma), ring_cap)
+        if numbers.random() < config.fast_fail_share:
+            return False, numbers.uniform(*FAST_FAIL_SECONDS)
+        return False, config.ring_timeout_seconds
+
+    heap: list[tuple[float, int, int, int, float]] = []
+    seq = 0
+    free = config.agents
+    busy: dict[int, float] = {}
+    lands: dict[int, float] = {}  # answered call still ringing -> when it will be answered
+    unanswered_ringing = 0
+    waiting: dict[int, float] = {}
+    dials = answered = bridged = abandoned = 0
+    occupied_seconds = wait_total = peak = 0.0
+
+    def push(at: float, kind: int, call: int, value: float = 0.0) -> None:
+        nonlocal seq
+        seq += 1
+        heapq.heappush(heap, (at, seq, kind, call, value))
+
+    def bridge(now: float, call: int, wait: float) -> None:
+        nonlocal free, bridged, occupied_seconds, wait_total
+        free -= 1
+        bridged += 1
+        wait_total += wait
+        busy[call] = now
+        talk = rng.lognormvariate(talk_mu, sigma)
+        occupied_seconds += max(0.0, min(talk + wrap, end - now))
+        push(now + talk + wrap, _HANDLE_END, call, talk)
+
+    def process(now: float, kind: int, call: int, value: float) -> None:
+        nonlocal free, answered, abandoned, peak, unanswered_ringing
+        if kind == _RING_END:
+            if value:
+                del lands[call]
+                answered += 1
+                if free > 0:
+                    bridge(now, call, 0.0)
+                else:
+                    waiting[call] = now
+                    push(now + grace, _ABANDON_CHECK, call)
+            else:
+                unanswered_ringing -= 1
+        elif kind == _ABANDON_CHECK:
+            if waiting.pop(call, None) is not None:
+                abandoned += 1
+                if answered >= _PEAK_MIN_ANSWERED:
+                    peak = max(peak, abandoned / answered)
+        else:
+            del busy[call]
+            free += 1
+            if waiting:
+                first = next(iter(waiting))
+                bridge(now, first, now - waiting.pop(first))
+
+    def admissible(now: float, land: float) -> bool:
+        # Per busy agent: handle time already spent (talk part) and the chance it lasted that long.
+        spent = [
+            (now - s - wrap, 1.0 - _lognormal_cdf(now - s - wrap, talk_mu, sigma)) for s in busy.values()
+        ]
+        landings = sorted([*lands.values(), land])
+        for rank, at in enumerate(landings, start=len(waiting) + 1):
+            if at < land:
+                continue
+            need = rank - free  # busy agents that must be free by at + grace
+            if need <= 0:
+                continue
+            horizon = at + grace - now
+            chances = [
+                (_lognormal_cdf(e + horizon, talk_mu, sigma) - (1.0 - surv)) / surv if surv > 1e-12 else 1.0
+                for e, surv in spent
+            ]
+            if _count_at_most(chances, need - 1) > risk:
+                return False
+        return True
+
+    tick = start
+    pending = next_number()
+    ticks = 0
+    while tick < end:
+        while heap and heap[0][0] <= tick:
+            at, _, kind, call, value = heapq.heappop(heap)
+            process(at, kind, call, value)
+        ticks += 1
+        while len(busy) + len(waiting) + len(lands) + unanswered_ringing < lines_cap:
+            is_answer, ring = pending
+            if is_answer and not admissible(tick, tick + ring):
+                break
+            dials += 1
+            if is_answer:
+                lands[dials] = tick + ring
+            else:
+                unanswered_ringing += 1
+            push(tick + ring, _RING_END, dials, 1.0 if is_answer else 0.0)
+            pending = next_number()
+        tick += config.tick_seconds
+
+    logged_in = config.agents * config.hours * 3600.0
+    return SimResult(
+        agents=config.agents,
+        answer_rate=config.answer_rate,
+        mode="oracle",
+        hours=config.hours,
+        dials=dials,
+        answered=answered,
+        bridged=bridged,
+        abandoned=abandoned,
+        occupancy=occupied_seconds / logged_in if logged_in else 0.0,
+        abandon_rate=abandoned / answered if answered else 0.0,
+        peak_abandon_rate=peak,
+        calls_per_agent_hour=bridged / (config.agents * config.hours) if config.agents else 0.0,
+        mean_wait_seconds=wait_total / bridged if bridged else 0.0,
+        reasons={"oracle": ticks},
     )

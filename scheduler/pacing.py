@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_right
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from itertools import pairwise
@@ -85,6 +85,15 @@ FREE_GRID: tuple[float, ...] = (
     HANDLE_EDGES[-1],
 )
 _FORMAT_VERSION = 1
+# During warm-up the controller dials ahead for the free agents only (busy ones are assumed not to
+# free up in time), at a cautious hit rate: (live answers + k) / (finished ring phases + k), as if k
+# earlier attempts had all been answered. With nothing seen yet that is progressive; it converges to
+# the observed hit rate as attempts finish. 0 would make warm-up plainly progressive.
+WARM_UP_PRIOR_ATTEMPTS = 20
+# The correction rises above 1 (dial harder because few calls dropped) only as far as the rolling-24 h
+# answers are evidence for it: in full once they would have held this many drops at the aim, in
+# proportion before. (Zero drops in 80 answers is what a 2% rate gives a fifth of the time.)
+CORRECTION_CREDIBLE_DROPS = 10.0
 # Elapsed-ring lookup table step: per-second answer probabilities up to the last ring edge.
 _RING_TABLE_MAX = int(RING_EDGES[-1])
 
@@ -268,20 +277,23 @@ class _Cdf:
 
     __slots__ = ("_cum", "_edges", "mean", "support", "total")
 
-    def __init__(self, hist: _Histogram) -> None:
+    def __init__(self, hist: _Histogram, weights: Sequence[float] | None = None) -> None:
+        """weights, if given, replace the histogram's counts (same bins; they may be fractional)."""
         edges = hist.edges
+        counts = hist.counts if weights is None else weights
         # The overflow bin is given the width of the last regular bin.
         self._edges = (*edges, edges[-1] + (edges[-1] - edges[-2]))
         self.total = hist.total
         cum = [0.0]
         weighted = 0.0
-        for i, count in enumerate(hist.counts):
+        for i, count in enumerate(counts):
             cum.append(cum[-1] + count)
             weighted += count * (self._edges[i] + self._edges[i + 1]) / 2
-        self._cum = [c / self.total for c in cum] if self.total else [0.0] * len(cum)
-        self.mean = weighted / self.total if self.total else 0.0
+        mass = cum[-1]
+        self._cum = [c / mass for c in cum] if self.total and mass else [0.0] * len(cum)
+        self.mean = weighted / mass if self.total and mass else 0.0
         # First whole second at or past the top of the highest non-empty bin.
-        top = max((i + 1 for i, count in enumerate(hist.counts) if count), default=0)
+        top = max((i + 1 for i, count in enumerate(counts) if count), default=0)
         self.support = math.ceil(self._edges[top]) if top else 0
 
     def __call__(self, x: float) -> float:
@@ -557,7 +569,13 @@ class Estimator:
     def _push_recent(self, outcome: str) -> None:
         self._recent = (self._recent + outcome)[-self.settings.emergency_window_answered :]
 
-    def estimates(self, now: float) -> Estimates:
+    def estimates(self, now: float, in_progress: Sequence[float] = ()) -> Estimates:
+        """The window's statistics at `now`.
+
+        in_progress: elapsed handle times of the calls agents are on now (AgentState's
+        busy_elapsed_seconds). They are right-censored handle times: without them the handle-time
+        distribution is biased short while the window is young (only short calls have ended yet).
+        """
         oldest = int(now // BUCKET_SECONDS) - self.settings.window_seconds // BUCKET_SECONDS
         window = _Bucket()
         first = min((index for index in self._buckets if index >= oldest), default=None)
@@ -573,7 +591,7 @@ class Estimator:
         hit_rate = window.answered / resolved if resolved else 0.0
         ring_a = _Cdf(window.ring_answered)
         ring_u = _Cdf(window.ring_unanswered)
-        handle = _Cdf(window.handle)
+        handle = _Cdf(window.handle, _censored_masses(window.handle, in_progress))
         answer_table = _answer_table(hit_rate, ring_a, ring_u)
         free_table = _free_table(ring_a, handle, self.settings.abandon_after_seconds)
         answered_24h, abandoned_24h = self._ledger_24h.totals(now)
@@ -634,6 +652,36 @@ class Estimator:
         return est
 
 
+def _censored_masses(hist: _Histogram, in_progress: Sequence[float]) -> list[float] | None:
+    """Per-bin masses of the handle-time distribution with calls in progress as censored (life table).
+
+    Actuarial estimator: a call in progress with elapsed time in bin i is at risk through the bins
+    before i and half of bin i. Survival left past the longest call seen (ended or in progress) is
+    put in the bin after it: nothing says how much longer those calls will last. None when there is
+    nothing to correct. Masses sum to the histogram's total.
+    """
+    total = hist.total
+    if not in_progress or not total:
+        return None
+    edges = hist.edges
+    censored = [0] * len(hist.counts)
+    for elapsed in in_progress:
+        censored[max(0, bisect_right(edges, elapsed) - 1)] += 1
+    at_risk = float(total + len(in_progress))
+    survival = 1.0
+    masses = []
+    for ended, cut in zip(hist.counts, censored, strict=True):
+        exposed = at_risk - cut / 2
+        hazard = ended / exposed if exposed > 0 else 0.0
+        masses.append(survival * hazard)
+        survival *= 1.0 - hazard
+        at_risk -= ended + cut
+    if survival > 1e-12:
+        top = max(i for i, n in enumerate(map(sum, zip(hist.counts, censored, strict=True))) if n)
+        masses[min(top + 1, len(masses) - 1)] += survival
+    return [m * total for m in masses]
+
+
 def _answer_table(hit_rate: float, ring_a: _Cdf, ring_u: _Cdf) -> tuple[float, ...]:
     """P(a live answer eventually | still ringing after s seconds), s = 0.._RING_TABLE_MAX (Bayes)."""
     # Past the longest ring seen, both functions are 1 and the probability is 0: stop there.
@@ -684,7 +732,8 @@ def _correction(settings: PacingSettings, est: Estimates) -> float:
 
     1 at the aim, larger below it, smaller above it (exponential in the relative error, so equal
     relative errors move it by equal factors). The window rate is smoothed toward the aim by a prior
-    worth min_observations answers, so a handful of calls cannot swing it. As the rolling-24 h rate
+    worth min_observations answers, so a handful of calls cannot swing it, and it may rise above 1
+    only in proportion to the rolling-24 h evidence (CORRECTION_CREDIBLE_DROPS). As the rolling-24 h rate
     climbs from the aim to the hard maximum, the multiplier tapers linearly to 0 (progressive), the
     way Webitel's over-dial tapers as abandonment nears its maximum.
     """
@@ -693,7 +742,8 @@ def _correction(settings: PacingSettings, est: Estimates) -> float:
     measured = (est.abandoned_in_window + prior * aim) / (est.answered_in_window + prior)
     exponent = settings.correction_gain * (aim - measured) / aim
     limit = math.log(settings.max_correction)
-    correction = math.exp(min(limit, max(-limit, exponent)))
+    upper = limit * min(1.0, est.answered_24h * aim / CORRECTION_CREDIBLE_DROPS)
+    correction = math.exp(min(upper, max(-limit, exponent)))
     rate_24h = est.abandon_rate_24h
     if rate_24h > aim:
         correction *= max(0.0, (settings.max_abandon_rate - rate_24h) / (settings.max_abandon_rate - aim))
@@ -730,6 +780,37 @@ def _lines_within_risk(mean: float, var: float, hit_rate: float, risk: float, ce
         else:
             hi = mid - 1
     return lo
+
+
+def _warm_up(
+    settings: PacingSettings,
+    state: AgentState,
+    est: Estimates,
+    progressive: int,
+    result: Callable[..., Decision],
+) -> Decision:
+    """Before the estimates are trusted: over-dial for the free agents only, at a cautious hit rate.
+
+    Handle times are not known yet, so no busy agent is counted as freeing up; the only risk taken
+    is that more lines answer than there are free agents, from the hit rate shrunk toward 1 (one
+    line per free agent) by a prior of WARM_UP_PRIOR_ATTEMPTS answered attempts.
+    """
+    prior = WARM_UP_PRIOR_ATTEMPTS
+    agents = state.agents_logged_in
+    busy = len(state.busy_elapsed_seconds)
+    outstanding = len(state.ringing_elapsed_seconds) + state.answered_waiting
+    ceiling = max(0, math.floor(settings.max_dial_ratio * agents + 1e-9) - busy - outstanding)
+    if not prior or state.agents_free == 0:
+        return result(progressive, "warm_up")
+    resolved = est.answered_in_window + est.not_answered_in_window
+    hit = (est.answered_in_window + prior) / (resolved + prior)
+    ringing = len(state.ringing_elapsed_seconds)
+    answers_mean = state.answered_waiting + ringing * hit
+    answers_var = ringing * hit * (1.0 - hit)
+    risk = min(0.5, settings.max_abandon_rate * settings.base_risk_factor)
+    wanted = _lines_within_risk(state.agents_free - answers_mean, answers_var, hit, risk, ceiling + 1)
+    new = min(max(progressive, wanted), max(progressive, ceiling))
+    return result(new, "warm_up", float(state.agents_free), answers_mean, 1.0)
 
 
 def decide(settings: PacingSettings, state: AgentState, est: Estimates) -> Decision:
@@ -776,7 +857,7 @@ def decide(settings: PacingSettings, state: AgentState, est: Estimates) -> Decis
         or est.handled_in_window < settings.min_observations
         or est.window_span_seconds < settings.warm_up_seconds
     ):
-        return result(progressive, "warm_up")
+        return _warm_up(settings, state, est, progressive, result)
 
     # Agents free in time for a call dialled now, and live answers still to come from lines already
     # out: sums of independent Bernoulli variables, carried as mean and variance.
@@ -805,4 +886,4 @@ def decide(settings: PacingSettings, state: AgentState, est: Estimates) -> Decis
 
 def pace(settings: PacingSettings, state: AgentState, estimator: Estimator, now: float) -> Decision:
     """decide() on a fresh snapshot of the estimator at `now`."""
-    return decide(settings, state, estimator.estimates(now))
+    return decide(settings, state, estimator.estimates(now, state.busy_elapsed_seconds))

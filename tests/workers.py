@@ -96,7 +96,10 @@ def reap(workers: list[WorkerProc]) -> Iterator[None]:
 
 @contextlib.asynccontextmanager
 async def simulator(**config: Any) -> AsyncIterator[Simulator]:
-    sim = Simulator(SimulatorConfig(api_key=KEY, callback_secret=SECRET, seed=3, **config))
+    # from_dict: a typo in a key fails here; a seed in `config` (e.g. a model's) wins over the default.
+    sim = Simulator(
+        SimulatorConfig.from_dict({"api_key": KEY, "callback_secret": SECRET, "seed": 3, **config})
+    )
     await sim.start()
     try:
         yield sim

@@ -3,6 +3,7 @@ answering-machine policy, auto-stop, and the held-back reasons, on a real Postgr
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import uuid
 from collections.abc import AsyncIterator
@@ -15,7 +16,7 @@ import phonenumbers.timezone
 import pytest
 from aiohttp.test_utils import TestServer
 
-from dialer import campaigns
+from dialer import campaigns, db
 from dialer.api import Api, hash_token, make_app, new_token
 from dialer.clock import ManualClock
 from dialer.providers.base import CallEvent
@@ -24,7 +25,7 @@ from dialer.sql import Q
 from dialer.worker import apply_outcomes
 from dialer.zones import ZoneResolver, callee_zones
 from scheduler.outcomes import Outcome
-from tests.factories import NOW, make_campaign, open_window
+from tests.factories import NOW, add_numbers, make_campaign, open_window
 
 WORKER = uuid.uuid4()
 NY = "+12125550100"  # America/New_York
@@ -50,8 +51,10 @@ async def campaign(conn: asyncpg.Connection, phones: list[str], *, now: dt.datet
     return int(row["id"])
 
 
-async def claim(conn: asyncpg.Connection, now: dt.datetime, limit: int = 100) -> list[asyncpg.Record]:
-    return list(await conn.fetch(Q.claim, WORKER, limit, now, 30, []))
+async def claim(
+    conn: asyncpg.Connection, now: dt.datetime, limit: int = 100, *, skip: list[str] | None = None
+) -> list[asyncpg.Record]:
+    return list(await conn.fetch(Q.claim, WORKER, limit, now, 30, skip or []))
 
 
 async def number(conn: asyncpg.Connection, campaign_id: int, phone: str) -> asyncpg.Record:
@@ -246,6 +249,120 @@ async def test_no_caps_by_default(conn: asyncpg.Connection) -> None:
     await _two_campaigns_one_phone(conn)
     await end(conn, await claim(conn, NOW), Outcome.BUSY, NOW + dt.timedelta(seconds=20))
     assert len(await claim(conn, NOW + dt.timedelta(minutes=5))) == 2
+
+
+# Concurrent claims: campaign a dials with provider pa, campaign b with pb, so a claim that skips
+# the other provider locks only its own campaign's row, as two workers' claims would.
+EARLIER = NOW - dt.timedelta(hours=1)
+
+
+async def _phone_in_two_campaigns_with_a_past_call(conn: asyncpg.Connection) -> tuple[int, int]:
+    """NY queued in campaigns a and b, after a busy call from a an hour ago (one attempt spent)."""
+    a = await campaign(conn, [NY], name="a", now=EARLIER, provider="pa", max_retries=10)
+    await end(conn, await claim(conn, EARLIER), Outcome.BUSY, EARLIER + dt.timedelta(seconds=20))
+    b = await campaign(conn, [NY], name="b", provider="pb", max_retries=10)
+    return a, b
+
+
+async def _claim_while_other_is_open(
+    conn: asyncpg.Connection, other: asyncpg.Connection
+) -> tuple[list[asyncpg.Record], list[asyncpg.Record]]:
+    """Claim campaign a on conn inside a transaction, and campaign b on other before it commits."""
+    async with conn.transaction():
+        first = await claim(conn, NOW, skip=["pb"])
+        # A claim must skip, never wait: a wait here would hang on the open transaction above.
+        second = await asyncio.wait_for(claim(other, NOW, skip=["pa"]), timeout=10)
+    return first, second
+
+
+async def test_daily_cap_is_exact_across_concurrent_claims(conn: asyncpg.Connection, dsn: str) -> None:
+    """2 calls per 24 h, one made: two claims at once, from two campaigns, dial the phone once. The
+    second skips the phone while the first is open, and after its commit holds it for the cap."""
+    await conn.fetchrow(Q.compliance_set, 2, None, NOW)
+    a, b = await _phone_in_two_campaigns_with_a_past_call(conn)
+    other = await db.connect(dsn)
+    try:
+        first, second = await _claim_while_other_is_open(conn, other)
+        assert [r["campaign_id"] for r in first] == [a]
+        assert second == []
+        n = await number(conn, b, NY)
+        assert (n["status"], n["held_reason"], n["next_attempt_at"]) == ("untried", None, NOW)
+        assert await claim(other, NOW, skip=["pa"]) == []
+    finally:
+        await other.close()
+    n = await number(conn, b, NY)
+    assert (n["status"], n["held_reason"]) == ("untried", "attempt_cap")
+    assert n["next_attempt_at"] == EARLIER + dt.timedelta(hours=24)
+    assert await conn.fetchval("SELECT count(*) FROM dialer_attempt") == 2
+
+
+async def test_lifetime_cap_is_exact_across_concurrent_claims(conn: asyncpg.Connection, dsn: str) -> None:
+    """Lifetime cap 2, one attempt spent: of two claims at once only one dials; the call in flight
+    counts, so the other campaign's number is closed once that claim commits, not dialed a third time."""
+    await conn.fetchrow(Q.compliance_set, None, 2, NOW)
+    a, b = await _phone_in_two_campaigns_with_a_past_call(conn)
+    other = await db.connect(dsn)
+    try:
+        first, second = await _claim_while_other_is_open(conn, other)
+        assert [r["campaign_id"] for r in first] == [a]
+        assert second == []
+        assert await claim(other, NOW, skip=["pa"]) == []
+    finally:
+        await other.close()
+    n = await number(conn, b, NY)
+    assert (n["status"], n["last_outcome"], n["dials"]) == ("failed", "attempt_cap", 0)
+    await end(conn, first, Outcome.BUSY, NOW + dt.timedelta(seconds=20))
+    assert await claim(conn, NOW + dt.timedelta(hours=1)) == []
+    n = await number(conn, a, NY)
+    assert (n["status"], n["last_outcome"], n["attempts"]) == ("failed", "attempt_cap", 2)
+
+
+async def _advisory_locks_held_by_a_claim(conn: asyncpg.Connection, now: dt.datetime, limit: int) -> int:
+    """Claims inside a transaction, counts the advisory locks it holds, and rolls the claim back."""
+    tx = conn.transaction()
+    await tx.start()
+    try:
+        await claim(conn, now, limit)
+        locks: int = await conn.fetchval(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()"
+        )
+    finally:
+        await tx.rollback()
+    return locks
+
+
+async def test_phone_locks_only_with_a_cap_set(conn: asyncpg.Connection) -> None:
+    """Without caps the claim takes no advisory lock; with one, a lock on each phone it judged
+    (Idaho is held back by its calling window: judged, locked, not dialed)."""
+    await campaign(conn, [NY, IDAHO])
+    assert await _advisory_locks_held_by_a_claim(conn, NOW, 100) == 0
+    await conn.fetchrow(Q.compliance_set, 5, None, NOW)
+    assert await _advisory_locks_held_by_a_claim(conn, NOW, 100) == 2
+    await conn.fetchrow(Q.compliance_set, None, 5, NOW)
+    # A claim of 1 judges only the number it dials (NY, queued first): one lock, not one per due number.
+    assert await _advisory_locks_held_by_a_claim(conn, NOW, 1) == 1
+    assert [r["phone"] for r in await claim(conn, NOW)] == [NY]
+
+
+async def test_phone_locks_per_claim_are_bounded(conn: asyncpg.Connection) -> None:
+    """Phone locks share the server's lock table until commit: a claim takes at most its batch or
+    max_locks_per_transaction of them, and the numbers it could not judge wait for the next claim."""
+    await conn.fetchrow(Q.compliance_set, 5, None, NOW)
+    per_transaction = int(await conn.fetchval("SHOW max_locks_per_transaction"))
+    night = utc(2026, 11, 25, 3, 0)  # 22:00 in New York: every number is held back
+    # A claim of 10 judges up to 4 rounds of 10 per campaign: enough campaigns to pass the bound.
+    campaigns_n = per_transaction // 40 + 2
+    for i in range(campaigns_n):
+        row = await make_campaign(conn, name=f"c{i}", now=night)
+        await add_numbers(conn, row["id"], 40, offset=40 * i, now=night)
+        await open_window(conn, row["id"], now=night)
+    held = "SELECT count(*) FROM dialer_number WHERE held_reason = 'callee_window'"
+    assert await _advisory_locks_held_by_a_claim(conn, night, 10) == per_transaction
+    assert await claim(conn, night, 10) == []
+    assert await conn.fetchval(held) == per_transaction
+    for _ in range(campaigns_n):
+        assert await claim(conn, night, 10) == []
+    assert await conn.fetchval(held) == 40 * campaigns_n
 
 
 # ---------------------------------------------------------------- abandon lockout

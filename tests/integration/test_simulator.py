@@ -1,6 +1,10 @@
 import asyncio
+import dataclasses
+import math
+import random
 import re
 import socket
+import statistics
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -185,6 +189,55 @@ def test_config_from_dict_rejects_unknown_keys_and_bad_values() -> None:
     config = SimulatorConfig.from_dict({"force_by_last_digit": {7: "busy"}, "max_cps": 50})
     assert config.force_by_last_digit == {"7": "busy"}
     assert SimulatorConfig.from_dict(config.to_dict()) == config
+
+
+def draws(config: SimulatorConfig, n: int) -> list[tuple[str, float, float]]:
+    """(outcome, ring, talk) of n calls' draws, in simulated seconds, with no call started."""
+    state = SimulatorState(config)
+    return [state._choose_outcome(f"+1555000{i:04d}") for i in range(n)]
+
+
+def test_default_durations_are_random_uniform_and_expovariate() -> None:
+    """With the lognormal options unset a seed gives the durations it always gave: ring uniform in
+    ring_min..ring_max, talk exponential, each from one of the call's four draws."""
+    config = SimulatorConfig(seed=7, ring_min_seconds=2.0, ring_max_seconds=10.0, talk_mean_seconds=20.0)
+    rng = random.Random("7:outcome")
+    expected = []
+    for _ in range(2000):
+        rng.random()
+        ring = rng.uniform(2.0, 10.0)
+        talk = min(rng.expovariate(1.0 / 20.0), config.talk_max_seconds)
+        rng.random()
+        expected.append((ring, max(talk, 1.0)))
+    assert [(ring, talk) for _, ring, talk in draws(config, 2000)] == expected
+
+
+def test_lognormal_ring_and_talk_keep_the_outcome_mix() -> None:
+    """answer_ring_median_seconds and talk_sigma make answered rings and talks lognormal (that median;
+    that mean), busy calls keep the uniform ring, and each call's outcome stays what the seed gave it."""
+    base = SimulatorConfig(seed=11, ring_min_seconds=1.0, ring_max_seconds=6.0, talk_mean_seconds=120.0)
+    lognormal = dataclasses.replace(
+        base, answer_ring_median_seconds=8.0, answer_ring_sigma=0.5, talk_sigma=0.8
+    )
+    plain, shaped = draws(base, 20_000), draws(lognormal, 20_000)
+    assert [o for o, _, _ in plain] == [o for o, _, _ in shaped]
+    rings = [ring for o, ring, _ in shaped if o == "answered"]
+    assert statistics.median(rings) == pytest.approx(8.0, rel=0.04)
+    assert statistics.stdev(math.log(r) for r in rings) == pytest.approx(0.5, rel=0.05)
+    assert all(1.0 <= ring <= 6.0 for o, ring, _ in shaped if o == "busy")
+    talks = [talk for _, _, talk in shaped]
+    assert statistics.fmean(talks) == pytest.approx(120.0, rel=0.04)
+    assert statistics.stdev(math.log(t) for t in talks) == pytest.approx(0.8, rel=0.05)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"answer_ring_median_seconds": 0.0}, {"answer_ring_sigma": -0.1}, {"talk_sigma": 6.0}],
+)
+def test_lognormal_options_refuse_impossible_values(change: dict[str, float]) -> None:
+    """A zero median or a negative or absurd sigma is a ValueError, not a simulator that crashes later."""
+    with pytest.raises(ValueError, match="must"):
+        SimulatorConfig.from_dict(change)
 
 
 async def test_wrong_or_missing_api_key_is_401(

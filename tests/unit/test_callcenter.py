@@ -1,12 +1,23 @@
 from __future__ import annotations
 
+import math
+import statistics
 import time
 from dataclasses import replace
 from typing import Any
 
 import pytest
 
-from scheduler.callcenter import CallCenterConfig, SimResult, simulate
+from dialer.pacer import pacing_settings
+from dialer.simulator import SimulatorConfig, SimulatorState
+from scheduler.callcenter import (
+    FAST_FAIL_SECONDS,
+    CallCenterConfig,
+    SimResult,
+    provider_model,
+    simulate,
+    simulate_oracle,
+)
 from scheduler.pacing import PacingMode, PacingSettings
 
 PREDICTIVE = PacingSettings()
@@ -84,3 +95,56 @@ def test_impossible_config_raises(change: dict[str, Any]) -> None:
     """A simulation that cannot mean anything is refused with ValueError."""
     with pytest.raises(ValueError, match="must"):
         replace(HOUR_20_AGENTS, **change)
+
+
+def test_provider_model_is_the_same_contact_center() -> None:
+    """provider_model gives the provider simulator the model's calls, time-compressed, and the
+    campaign its agents, ring timeout and (real-time) wrap-up: the simulator's calls, drawn from the
+    translated config, show the model's answer rate, fast-fail share, ring and talk times."""
+    model = replace(HOUR_20_AGENTS, answer_rate=0.4, fast_fail_share=0.3, wrap_up_seconds=12.0)
+    translated = provider_model(model, 0.05)
+    assert (translated.agents_logged_in, translated.ring_timeout_seconds) == (20, 25)
+    assert translated.pacing_settings == {"wrap_up_seconds": pytest.approx(0.6)}
+    pacing_settings("predictive", translated.pacing_settings)  # a valid campaign override
+    config = SimulatorConfig.from_dict(translated.simulator)  # every key is one the simulator knows
+    assert (config.time_scale, config.seed, config.intermediate_events) == (0.05, model.seed, True)
+
+    state = SimulatorState(config)
+    calls = [state._choose_outcome(f"+1555000{i:04d}") for i in range(20_000)]
+    outcomes = [o for o, _, _ in calls]
+    assert set(outcomes) == {"answered", "busy", "no-answer"}
+    assert outcomes.count("answered") / len(calls) == pytest.approx(0.4, abs=0.015)
+    assert outcomes.count("busy") / (len(calls) - outcomes.count("answered")) == pytest.approx(0.3, abs=0.015)
+    rings = [ring for o, ring, _ in calls if o == "answered"]
+    assert statistics.median(rings) == pytest.approx(model.answer_median_seconds, rel=0.05)
+    assert statistics.stdev(math.log(r) for r in rings) == pytest.approx(model.answer_sigma, rel=0.05)
+    assert all(FAST_FAIL_SECONDS[0] <= ring <= FAST_FAIL_SECONDS[1] for o, ring, _ in calls if o == "busy")
+    talks = [talk for _, _, talk in calls]
+    assert statistics.fmean(talks) == pytest.approx(model.talk_mean_seconds, rel=0.05)
+    assert statistics.stdev(math.log(t) for t in talks) == pytest.approx(model.talk_sigma, rel=0.05)
+
+
+@pytest.mark.parametrize(
+    ("change", "time_scale"),
+    [({"ring_timeout_seconds": 20.5}, 0.1), ({}, 0.0), ({}, 1.5)],
+)
+def test_provider_model_refuses_what_a_campaign_cannot_run(change: dict[str, Any], time_scale: float) -> None:
+    """A fractional ring timeout (campaigns take whole seconds) or a time scale outside (0, 1] is refused."""
+    with pytest.raises(ValueError, match="must"):
+        provider_model(replace(HOUR_20_AGENTS, **change), time_scale)
+
+
+def test_oracle_bounds_the_real_controller() -> None:
+    """The clairvoyant benchmark pacing (it knows which lines answer and when) keeps agents busier
+    than the real controller at no more abandonment, is deterministic, and trades risk for drops."""
+    started = time.process_time()
+    pred = run(HOUR_20_AGENTS, PREDICTIVE)
+    careful = simulate_oracle(HOUR_20_AGENTS, PREDICTIVE, risk=0.05)
+    bold = simulate_oracle(HOUR_20_AGENTS, PREDICTIVE, risk=0.3)
+    assert time.process_time() - started < 3.0
+    assert careful == simulate_oracle(HOUR_20_AGENTS, PREDICTIVE, risk=0.05)
+    assert careful.mode == "oracle" and careful.bridged + careful.abandoned <= careful.answered
+    assert careful.occupancy > pred.occupancy and careful.abandon_rate <= pred.abandon_rate
+    assert bold.abandon_rate > careful.abandon_rate and bold.occupancy >= careful.occupancy
+    with pytest.raises(ValueError, match="risk"):
+        simulate_oracle(HOUR_20_AGENTS, PREDICTIVE, risk=0.0)

@@ -9,6 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from scheduler.pacing import (
+    CORRECTION_CREDIBLE_DROPS,
+    WARM_UP_PRIOR_ATTEMPTS,
     AgentState,
     Decision,
     Estimates,
@@ -213,11 +215,24 @@ def test_agentless_leaves_pacing_to_the_campaign_caps() -> None:
     assert d.new_attempts is None and d.target_lines is None and d.reason == "agentless"
 
 
-def test_warm_up_is_progressive_until_enough_calls_are_seen() -> None:
-    """Below min_observations answers (or a too-young window) predictive behaves as progressive."""
-    est, now = warmed(answered=20)
+def test_warm_up_dials_ahead_only_for_free_agents_at_a_cautious_hit_rate() -> None:
+    """Below min_observations answers (or a too-young window) busy agents are not counted as freeing
+    up, and the hit rate is shrunk toward 1 (progressive) by WARM_UP_PRIOR_ATTEMPTS answered attempts."""
+    est, now = warmed(answered=20)  # 20 answers in 60 finished attempts: observed hit rate 1/3
     d = decide(PREDICTIVE, state(free=10, busy=(100.0,) * 10), est.estimates(now))
-    assert d.reason == "warm_up" and d.new_attempts == 10
+    cautious = (20 + WARM_UP_PRIOR_ATTEMPTS) / (60 + WARM_UP_PRIOR_ATTEMPTS)
+    assert d.reason == "warm_up" and d.new_attempts is not None
+    assert 10 < d.new_attempts <= 10 / cautious
+    # Busy agents near the end of their calls change nothing; lines ringing count at the cautious rate.
+    assert decide(PREDICTIVE, state(free=10, busy=(300.0,) * 10), est.estimates(now)) == d
+    ringing = decide(PREDICTIVE, state(free=10, busy=(100.0,) * 10, ringing=(1.0,) * 6), est.estimates(now))
+    assert ringing.new_attempts is not None and ringing.new_attempts < d.new_attempts
+    assert ringing.expected_answers == pytest.approx(6 * cautious)
+    # Nothing finished yet: the prior alone, i.e. one line per free agent.
+    fresh = Estimator(PREDICTIVE)
+    fresh.attempt_started(T0)
+    assert decide(PREDICTIVE, state(free=10), fresh.estimates(T0 + 1)).new_attempts == 10
+    assert decide(PREDICTIVE, state(busy=(100.0,) * 10), est.estimates(now)).new_attempts == 0
     young = Estimator(PREDICTIVE)
     now = feed(young, T0, answered=200, spacing=1.0, handle=30.0)
     assert young.estimates(now).window_span_seconds < PREDICTIVE.warm_up_seconds
@@ -315,12 +330,13 @@ def test_abandonment_denominator_is_live_answers() -> None:
 
 
 def test_decisions_are_deterministic() -> None:
-    """The same inputs give the same decision, and pace() equals decide() on a fresh snapshot."""
+    """The same inputs give the same decision, and pace() equals decide() on a fresh snapshot
+    (which counts the busy agents' calls as handle times still in progress)."""
     est, now = warmed(unanswered_per_answer=3)
     s = state(free=2, busy=(10.0, 50.0, 100.0, 130.0) * 4, ringing=(1.0, 5.0, 12.0))
-    first = decide(PREDICTIVE, s, est.estimates(now))
+    first = decide(PREDICTIVE, s, est.estimates(now, s.busy_elapsed_seconds))
     restored = Estimator.from_dict(json.loads(json.dumps(est.to_dict())), PREDICTIVE)
-    assert decide(PREDICTIVE, s, restored.estimates(now)) == first
+    assert decide(PREDICTIVE, s, restored.estimates(now, s.busy_elapsed_seconds)) == first
     assert pace(PREDICTIVE, s, est, now) == first
 
 
@@ -383,3 +399,30 @@ def test_late_events_are_accepted_and_stale_ones_ignored() -> None:
     est.not_answered(now - 3 * 3600, 25.0)
     assert est.estimates(now).not_answered_in_window == before.not_answered_in_window
     assert len(est.to_dict()["buckets"]) <= PREDICTIVE.window_seconds // 300 + 1
+
+
+def test_correction_boost_needs_rolling_24h_evidence() -> None:
+    """Few drops in few answers may not raise the per-line risk much: the correction's upper bound
+    grows with the 24 h answers until they would have held CORRECTION_CREDIBLE_DROPS drops at the aim."""
+    s = state(free=2, busy=(115.0,) * 18)
+    young, now = warmed(answered=60)
+    d = decide(PREDICTIVE, s, young.estimates(now))
+    assert d.reason == "predictive"
+    ceiling = PREDICTIVE.max_correction ** (60 * PREDICTIVE.abandon_aim / CORRECTION_CREDIBLE_DROPS)
+    assert 1.0 < d.correction == pytest.approx(ceiling)
+    old, now = warmed(answered=2000)
+    assert decide(PREDICTIVE, s, old.estimates(now)).correction == pytest.approx(PREDICTIVE.max_correction)
+
+
+def test_calls_in_progress_correct_the_handle_time_for_censoring() -> None:
+    """Early on only short calls have ended; agents still on long calls say the handle time is longer."""
+    est = Estimator(PREDICTIVE)
+    now = feed(est, T0, answered=60, handle=60.0, spacing=5.0)
+    plain = est.estimates(now)
+    assert est.estimates(now, ()) == plain
+    censored = est.estimates(now, [400.0] * 20)
+    assert censored.mean_handle_seconds > plain.mean_handle_seconds + 50
+    assert censored.free_probability(50.0) < plain.free_probability(50.0)
+    # pace() passes the busy agents' elapsed times.
+    s = state(free=1, busy=(400.0,) * 20)
+    assert pace(PREDICTIVE, s, est, now) == decide(PREDICTIVE, s, est.estimates(now, s.busy_elapsed_seconds))
