@@ -25,10 +25,16 @@ async def make_campaign(
     now: dt.datetime = NOW,
     **overrides: Any,
 ) -> asyncpg.Record:
-    spec = campaigns.CampaignSpec(
-        name=name,
-        **{"max_concurrent_calls": 100, "max_calls_per_second": 100, "retry_wait_seconds": 60, **overrides},
-    )
+    # No callee-local window unless a test asks for one: tests that run worker processes dial on the
+    # wall clock, and phone() numbers are in New York, where 08:00-21:00 is closed half the UTC day.
+    defaults = {
+        "max_concurrent_calls": 100,
+        "max_calls_per_second": 100,
+        "retry_wait_seconds": 60,
+        "callee_window_start": None,
+        "callee_window_end": None,
+    }
+    spec = campaigns.CampaignSpec(name=name, **{**defaults, **overrides})
     row = await campaigns.create(conn, spec, now)
     if start:
         row = await campaigns.transition(conn, name, "start", now)

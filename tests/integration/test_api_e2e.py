@@ -103,6 +103,9 @@ async def _scenario(
                 "max_retries": 2,
                 "retry_wait_seconds": 1,
                 "webhook_url": hook_url,
+                # The workers dial on the wall clock: no callee-local window (New York numbers).
+                "callee_window_start": None,
+                "callee_window_end": None,
             },
         }
     }

@@ -24,6 +24,7 @@ from dialer.settings import Settings
 from dialer.sql import Q
 from dialer.worker import apply_outcomes
 from dialer.zones import ZoneResolver, callee_zones
+from scheduler import compliance
 from scheduler.outcomes import Outcome
 from tests.factories import NOW, add_numbers, make_campaign, open_window
 
@@ -38,8 +39,15 @@ def utc(year: int, month: int, day: int, hour: int, minute: int = 0) -> dt.datet
     return dt.datetime(year, month, day, hour, minute, tzinfo=dt.UTC)
 
 
+# A campaign's own default calling window (the factory turns it off for the wall-clock tests).
+DEFAULT_WINDOW = {
+    "callee_window_start": compliance.DEFAULT_WINDOW[0],
+    "callee_window_end": compliance.DEFAULT_WINDOW[1],
+}
+
+
 async def campaign(conn: asyncpg.Connection, phones: list[str], *, now: dt.datetime = NOW, **kw: Any) -> int:
-    row = await make_campaign(conn, name=kw.pop("name", "c1"), now=now, **kw)
+    row = await make_campaign(conn, name=kw.pop("name", "c1"), now=now, **{**DEFAULT_WINDOW, **kw})
     await campaigns.enqueue(conn, row["id"], [campaigns.NumberRow(phone=p) for p in phones], now)
     # The campaign's business hours are not under test: open around every instant used here.
     await conn.execute(
@@ -200,7 +208,7 @@ async def test_disabled_window_dials_at_night(conn: asyncpg.Connection) -> None:
 async def test_held_numbers_do_not_stop_eligible_ones_behind_them(conn: asyncpg.Connection) -> None:
     """A batch of held numbers ahead in the queue is rescheduled and the claim still fills from the rest."""
     now = utc(2026, 11, 25, 15, 0)
-    cid = await make_campaign(conn, name="mixed", max_calls_per_second=2)
+    cid = await make_campaign(conn, name="mixed", max_calls_per_second=2, **DEFAULT_WINDOW)
     rows = [campaigns.NumberRow(phone=f"+1208555{i:04d}", priority=1) for i in range(30)]
     rows.append(campaigns.NumberRow(phone=NY))
     await campaigns.enqueue(conn, cid["id"], rows, now)
@@ -353,7 +361,7 @@ async def test_phone_locks_per_claim_are_bounded(conn: asyncpg.Connection) -> No
     # A claim of 10 judges up to 4 rounds of 10 per campaign: enough campaigns to pass the bound.
     campaigns_n = per_transaction // 40 + 2
     for i in range(campaigns_n):
-        row = await make_campaign(conn, name=f"c{i}", now=night)
+        row = await make_campaign(conn, name=f"c{i}", now=night, **DEFAULT_WINDOW)
         await add_numbers(conn, row["id"], 40, offset=40 * i, now=night)
         await open_window(conn, row["id"], now=night)
     held = "SELECT count(*) FROM dialer_number WHERE held_reason = 'callee_window'"
