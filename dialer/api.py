@@ -21,7 +21,7 @@ import secrets
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeAlias
@@ -1029,12 +1029,9 @@ async def _load_upload(
     except ingest.IngestError as exc:
         raise ApiError(422, "Unreadable upload", str(exc), parameter="numbers") from None
 
-    async def batches() -> AsyncIterator[list[campaigns.NumberRow]]:
-        chunk = first
-        while chunk:
-            yield chunk
-            # Parsing is CPU work: off the event loop, one bounded chunk at a time.
-            chunk = await asyncio.to_thread(_take, rows, _UPLOAD_CHUNK, bad, counts)
+    def rest() -> Iterator[campaigns.NumberRow]:
+        while chunk := _take(rows, _UPLOAD_CHUNK, bad, counts):
+            yield from chunk
 
     async with api.pool.acquire() as conn, conn.transaction():
         campaign = await _campaign_row(conn, campaign_id)
@@ -1042,7 +1039,10 @@ async def _load_upload(
         if stored is not None:
             return document(stored["data"], meta={**stored["meta"], "replayed": True})
         try:
-            added = await campaigns.enqueue_batches(conn, campaign_id, batches(), api.now())
+            # enqueue() parses in a thread, a chunk ahead of the merge: off the event loop.
+            added = await campaigns.enqueue(
+                conn, campaign_id, itertools.chain(first, rest()), api.now(), chunk=_UPLOAD_CHUNK
+            )
         except ingest.IngestError as exc:
             raise ApiError(422, "Unreadable upload", str(exc), parameter="numbers") from None
         bad_list = [{"line": b.line, "reason": b.reason, "raw": b.raw} for b in bad[:_MAX_LISTED_ERRORS]]

@@ -4,6 +4,7 @@ all-or-nothing when the file itself turns out to be unreadable."""
 from __future__ import annotations
 
 import gzip
+import inspect
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -189,5 +190,34 @@ async def test_first_copy_of_a_duplicate_wins(conn: asyncpg.Connection) -> None:
         campaigns.NumberRow(phone=phone(1), priority=9, line=2),
     ]
     assert await campaigns.enqueue(conn, c["id"], rows, NOW) == 1
-    # stage_merge has no ORDER BY: this holds because a temp table's heap scan returns COPY order.
     assert await conn.fetchval("SELECT priority FROM dialer_number") == 1
+
+
+async def test_first_copy_of_a_duplicate_wins_across_batches(conn: asyncpg.Connection) -> None:
+    """A duplicate in a later chunk loses to the copy an earlier chunk already merged."""
+    c = await make_campaign(conn)
+    rows = [campaigns.NumberRow(phone=phone(i % 3), priority=i, line=i + 1) for i in range(9)]
+    assert await campaigns.enqueue(conn, c["id"], rows, NOW, chunk=2) == 3
+    got = await conn.fetch("SELECT phone, priority FROM dialer_number ORDER BY priority")
+    assert [(r["phone"], r["priority"]) for r in got] == [(phone(0), 0), (phone(1), 1), (phone(2), 2)]
+
+
+async def test_a_failed_load_leaves_no_thread_reading_the_rows(conn: asyncpg.Connection) -> None:
+    """When a merge fails while the next chunk is parsed ahead, enqueue returns only after that parse ended."""
+    c = await make_campaign(conn)
+    read = 0
+
+    def rows() -> Iterator[campaigns.NumberRow]:
+        nonlocal read
+        yield campaigns.NumberRow(phone=phone(0), priority=5000)  # refused by the CHECK
+        for i in range(1, 5_000):
+            read += 1
+            yield campaigns.NumberRow(phone=phone(i))
+
+    source = rows()
+    with pytest.raises(asyncpg.CheckViolationError):
+        await campaigns.enqueue(conn, c["id"], source, NOW, chunk=1)
+    # Parsing ahead stopped with the load: nothing runs the caller's iterator any more.
+    assert inspect.getgeneratorstate(source) != inspect.GEN_RUNNING
+    assert read == 1  # the one chunk parsed ahead, and no more
+    assert await _count(conn) == 0
