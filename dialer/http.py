@@ -28,6 +28,7 @@ async def callback(request: web.Request) -> web.Response:
         raise web.HTTPNotFound(text="unknown provider")
     counter = metrics.CALLBACKS
     started = time.perf_counter()
+    received_at = worker.clock.now()
     body = await request.read()
     token_attempt: str | None = None
     attempt, token = request.query.get("attempt"), request.query.get("token")
@@ -57,6 +58,12 @@ async def callback(request: web.Request) -> web.Response:
     except ValueError:
         counter.labels(name, "malformed").inc()
         return web.json_response({"error": "malformed"}, status=400)
+    happened_at = {"ended": event.ended_at, "answered": event.answered_at}.get(event.kind)
+    if happened_at is not None:
+        # Provider timestamps are often whole seconds and their clocks drift: a slightly
+        # "future" event is a lag of zero, not a negative observation.
+        lag = (received_at - happened_at).total_seconds()
+        metrics.CALLBACK_LAG_SECONDS.labels(name).observe(max(0.0, lag))
     try:
         result = await worker.apply_event(event)
     except Exception:

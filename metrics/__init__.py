@@ -86,6 +86,15 @@ CALLBACK_SECONDS = Histogram(
     buckets=_LATENCY_BUCKETS,
     registry=REGISTRY,
 )
+CALLBACK_LAG_SECONDS = Histogram(
+    "dialer_callback_lag_seconds",
+    "Time from the call event at the provider (answered_at, ended_at as the callback states it) to our "
+    "receipt of its callback; callbacks that carry no event time are not observed.",
+    ["provider"],
+    # Provider retries after a failed delivery arrive minutes late: the buckets reach that far.
+    buckets=(0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0),
+    registry=REGISTRY,
+)
 CLAIM_SECONDS = Histogram(
     "dialer_claim_seconds", "Latency of one claim statement.", buckets=_LATENCY_BUCKETS, registry=REGISTRY
 )

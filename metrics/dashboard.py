@@ -355,10 +355,27 @@ def rows() -> list[Row]:
                     stack=True,
                 ),
                 Panel(
-                    "Callback lag",
-                    "Time from receiving a callback to answering it, after its outcome is durable.",
+                    "Callback lag and handling",
+                    "lag: time from the call event at the provider (answer or hang-up, as the callback "
+                    "states it) to our receipt of the callback, per account; a rise means the provider "
+                    "delivers late or retries. handling: from receipt to our answer, once the outcome is "
+                    "durable.",
                     "s",
-                    quantiles("dialer_callback_seconds", "", NS, ""),
+                    [
+                        t(
+                            f"histogram_quantile({q}, sum by (le, provider) "
+                            f"(rate(dialer_callback_lag_seconds_bucket{{{NS}}}{RATE})))",
+                            f"p{round(q * 100)} lag {{{{provider}}}}",
+                        )
+                        for q in (0.5, 0.95)
+                    ]
+                    + [
+                        t(
+                            f"histogram_quantile({q}, sum by (le) (rate(dialer_callback_seconds_bucket{{{NS}}}{RATE})))",
+                            f"p{round(q * 100)} handling",
+                        )
+                        for q in (0.5, 0.95)
+                    ],
                 ),
                 Panel(
                     "Flush latency",

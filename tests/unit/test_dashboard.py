@@ -134,6 +134,7 @@ def test_panels_cover_the_required_metrics() -> None:
         "dialer_circuit_open",
         "dialer_held_back",
         "dialer_callback_seconds_bucket",
+        "dialer_callback_lag_seconds_bucket",
         "dialer_flush_seconds_bucket",
         "dialer_webhook_deliveries_total",
         "dialer_webhook_backlog",
@@ -153,6 +154,19 @@ def test_panels_cover_the_required_metrics() -> None:
     assert any(
         "time() - max by (campaign) (dialer_oldest_due_timestamp_seconds" in e and "> 0" in e for e in EXPRS
     )
+
+
+def test_callback_lag_panel_plots_provider_event_lag_and_handling_time() -> None:
+    """The callback lag panel charts p50/p95 of event-to-receipt lag per account, and handling time apart."""
+    (panel,) = [p for p in PANELS if p["title"].startswith("Callback lag")]
+    exprs = {t["legendFormat"]: t["expr"] for t in panel["targets"]}
+    for q in (50, 95):
+        lag = exprs[f"p{q} lag {{{{provider}}}}"]
+        assert lag.startswith(f"histogram_quantile({q / 100}, sum by (le, provider) ("), lag
+        assert build.metric_names(lag) == {"dialer_callback_lag_seconds_bucket"}, lag
+        handling = exprs[f"p{q} handling"]
+        assert build.metric_names(handling) == {"dialer_callback_seconds_bucket"}, handling
+    assert panel["fieldConfig"]["defaults"]["unit"] == "s"
 
 
 def test_committed_files_equal_a_fresh_generation() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import importlib.util
 import json
+import math
 import os
 import re
 import shutil
@@ -307,6 +308,75 @@ def test_provider_accounts_load_like_a_worker_loads_them(
     assert effective_env(docs, worker)["DIALER_PROVIDERS_FILE"] == "/etc/dialer/providers.json"
     settings = Settings.from_env({"DIALER_PROVIDERS_FILE": str(path), "DIALER_CALLBACK_SECRET": "CHANGE-ME"})
     assert sorted(providers.build(settings)) == sorted(a["name"] for a in json.loads(text))
+
+
+def worker_calls_per_second(docs: list[Doc]) -> float:
+    """The calls/s one worker is sized for: the KEDA trigger's target (per worker, AverageValue).
+
+    An HPA scales on CPU and has no such figure; it is sized with the KEDA component's.
+    """
+    scaled = [
+        so for so in by_kind(docs, "ScaledObject") if so["spec"]["scaleTargetRef"]["name"] == "dialer-worker"
+    ]
+    if not scaled:
+        scaled = [yaml.safe_load((K8S / "components" / "keda" / "scaledobject.yaml").read_text())]
+    (trigger,) = [tr for tr in scaled[0]["spec"]["triggers"] if tr["type"] == "postgresql"]
+    assert trigger["metricType"] == "AverageValue", "targetQueryValue must be a per-worker figure"
+    return float(trigger["metadata"]["targetQueryValue"])
+
+
+def worker_max_replicas(docs: list[Doc]) -> int:
+    for so in by_kind(docs, "ScaledObject"):
+        if so["spec"]["scaleTargetRef"]["name"] == "dialer-worker":
+            return int(so["spec"]["maxReplicaCount"])
+    return int(one(docs, "HorizontalPodAutoscaler", "dialer-worker")["spec"]["maxReplicas"])
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_max_replicas_follow_the_provider_accounts_call_rate(
+    built: dict[str, list[Doc]], overlay: str, tmp_path: Path
+) -> None:
+    """The worker's max replicas is ceil(sum of the accounts' calls/s / calls/s per worker) + 1 spare."""
+    from dialer.providers import load_accounts
+    from dialer.settings import Settings
+
+    docs = built[overlay]
+    worker = one(docs, "Deployment", "dialer-worker")["spec"]["template"]["spec"]["containers"][0]
+    env = {**effective_env(docs, worker), "DIALER_CALLBACK_SECRET": "CHANGE-ME"}
+    secrets: dict[str, str] = {}
+    if "DIALER_PROVIDERS_FILE" in env:
+        (accounts_map,) = [c for c in by_kind(docs, "ConfigMap") if "providers.json" in c.get("data", {})]
+        text = accounts_map["data"]["providers.json"]
+        env["DIALER_PROVIDERS_FILE"] = str(tmp_path / "providers.json")
+        (tmp_path / "providers.json").write_text(text)
+        secrets = {v: "CHANGE-ME" for a in json.loads(text) for k, v in a.items() if k.endswith("_env")}
+    accounts = load_accounts(Settings.from_env(env), secrets)
+    unlimited = [a.name for a in accounts if a.max_calls_per_second <= 0]
+    assert not unlimited, f"{overlay}: accounts {unlimited} have no max_calls_per_second to size workers by"
+    total = sum(a.max_calls_per_second for a in accounts)
+    expected = math.ceil(total / worker_calls_per_second(docs)) + 1
+    assert worker_max_replicas(docs) == expected, (
+        f"{overlay}: accounts allow {total:g} calls/s, so the worker's max replicas must be "
+        f"ceil({total:g} / {worker_calls_per_second(docs):g}) + 1 = {expected}"
+    )
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_workers_spread_over_zones_and_nodes(built: dict[str, list[Doc]], overlay: str) -> None:
+    """Worker pods spread evenly (maxSkew 1, best effort) over zones and nodes, counting only this revision's workers."""
+    template = one(built[overlay], "Deployment", "dialer-worker")["spec"]["template"]
+    labels = template["metadata"]["labels"]
+    constraints = {c["topologyKey"]: c for c in template["spec"]["topologySpreadConstraints"]}
+    assert set(constraints) == {"topology.kubernetes.io/zone", "kubernetes.io/hostname"}, overlay
+    for key, c in constraints.items():
+        where = f"{overlay} {key}"
+        assert c["maxSkew"] == 1, where
+        # DoNotSchedule would leave pods Pending in a cluster with one zone or too few nodes.
+        assert c["whenUnsatisfiable"] == "ScheduleAnyway", where
+        selector = c["labelSelector"]["matchLabels"]
+        assert selector.items() <= labels.items(), f"{where}: the selector matches no worker pod"
+        assert selector.get("app.kubernetes.io/component") == "worker", f"{where}: counts API pods too"
+        assert c.get("matchLabelKeys") == ["pod-template-hash"], f"{where}: old revision skews the spread"
 
 
 def test_dockerfile_runs_the_dialer_as_the_manifests_expect() -> None:
