@@ -662,10 +662,27 @@ async def update_campaign(request: web.Request) -> web.Response:
 
 
 async def delete_campaign(request: web.Request) -> web.Response:
+    """Delete a campaign that cannot dial and owes upstream no webhook event."""
     api = request.app[API]
     campaign_id = _int_id(request)
-    async with api.pool.acquire() as conn:
-        row = await _campaign_row(conn, campaign_id)
+    async with api.pool.acquire() as conn, conn.transaction():
+        # The cascade would drop undelivered events unsent. Inserting an event key-share locks
+        # its campaign row, so FOR UPDATE waits out an outcome still committing (its event is
+        # then counted below) and holds off any new one until the delete is done.
+        row = await conn.fetchrow(Q.api_campaign_lock, campaign_id)
+        if row is None:
+            raise ApiError(404, "Not found", f"no campaign {campaign_id}")
+        pending = await conn.fetch(Q.api_webhook_event_page, campaign_id, "pending", 1, 0)
+        if pending:
+            undelivered = pending[0]["total"]
+            raise ApiError(
+                409,
+                "Undelivered webhook events",
+                f"campaign {campaign_id} has {undelivered} webhook event(s) not yet delivered; deleting it"
+                f" would lose them. Wait until GET /v1/campaigns/{campaign_id}/webhook-events?status=pending"
+                " is empty, then delete.",
+                meta={"undelivered_webhook_events": undelivered},
+            )
         if await conn.fetchval(Q.api_campaign_delete, campaign_id) is None:
             raise ApiError(
                 409,
@@ -823,8 +840,16 @@ async def _replay(
     return answer
 
 
-def _number_item(i: int, item: Any, region: str | None) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
-    base = f"/data/{i}"
+def _replayed(answer: Mapping[str, Any]) -> web.Response:
+    """The stored first answer again, with its status code, marked as a replay."""
+    # Answers stored before the status was kept had it follow from the count added.
+    status = answer.get("status") or (201 if answer["meta"]["added"] else 200)
+    return document(answer["data"], meta={**answer["meta"], "replayed": True}, status=status)
+
+
+def _number_item(
+    base: str, item: Any, region: str | None
+) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
     if (
         not isinstance(item, dict)
         or item.get("type") != "numbers"
@@ -874,7 +899,11 @@ def _region(raw: Any, pointer: str) -> str | None:
 
 
 async def add_numbers(request: web.Request) -> web.Response:
-    """Add up to 10,000 numbers; all or nothing unless `meta.partial` asks for per-item errors."""
+    """Add one number (`data` an object) or up to 10,000 (`data` an array).
+
+    All or nothing unless `meta.partial` asks for per-item errors. Either way the answer is the
+    campaign with the counts in `meta`, so one number is simply a batch of one.
+    """
     api = request.app[API]
     campaign_id = _int_id(request)
     raw = await request.read()
@@ -888,8 +917,16 @@ async def add_numbers(request: web.Request) -> web.Response:
     region = _region(meta.get("default_region"), "/meta/default_region")
     token = _client_token(request, meta)
     data = body.get("data")
+    single = isinstance(data, dict)
+    if single:
+        data = [data]
     if not isinstance(data, list) or not data:
-        raise ApiError(422, "Invalid document", "data must be a non-empty array of numbers", pointer="/data")
+        raise ApiError(
+            422,
+            "Invalid document",
+            "data must be a number resource object or a non-empty array of them",
+            pointer="/data",
+        )
     if len(data) > MAX_BATCH:
         raise ApiError(
             413,
@@ -899,8 +936,10 @@ async def add_numbers(request: web.Request) -> web.Response:
     items: list[dict[str, Any]] = []
     indices: list[int] = []
     errors: list[dict[str, Any]] = []
+    # Pointers point into the document as sent: /data for one object, /data/<i> in an array.
+    pointers = ["/data"] if single else [f"/data/{i}" for i in range(len(data))]
     for i, item in enumerate(data):
-        parsed, item_errors = _number_item(i, item, region)
+        parsed, item_errors = _number_item(pointers[i], item, region)
         errors.extend(item_errors)
         if parsed is not None:
             items.append(parsed)
@@ -916,13 +955,15 @@ async def add_numbers(request: web.Request) -> web.Response:
         campaign = await _campaign_row(conn, campaign_id)
         stored = await _replay(conn, f"numbers:{campaign_id}", token, hashlib.sha256(raw).digest(), api.now())
         if stored is not None:
-            return document(stored["data"], meta={**stored["meta"], "replayed": True})
+            return _replayed(stored)
         added = 0
         if items:
             try:
                 result = await conn.fetchval(Q.api_enqueue, campaign["name"], items, None, api.now())
             except asyncpg.InvalidParameterValueError as exc:
-                raise ApiError(422, "Invalid numbers", _sql_errors(exc, indices)) from None
+                raise ApiError(
+                    422, "Invalid numbers", _sql_errors(exc, [pointers[i] for i in indices])
+                ) from None
             added = result["added"]
         meta_out = {
             "received": len(data),
@@ -933,17 +974,18 @@ async def add_numbers(request: web.Request) -> web.Response:
             "errors": errors[:_MAX_LISTED_ERRORS],
             "replayed": False,
         }
-        answer = {"data": campaign_resource(campaign), "meta": meta_out}
+        status = 201 if added else 200
+        answer = {"status": status, "data": campaign_resource(campaign), "meta": meta_out}
         if token is not None:
             await conn.execute(Q.api_request_store, f"numbers:{campaign_id}", token, answer)
-    return document(answer["data"], meta=meta_out, status=201 if added else 200)
+    return document(answer["data"], meta=meta_out, status=status)
 
 
-def _sql_errors(exc: asyncpg.PostgresError, indices: list[int]) -> str:
+def _sql_errors(exc: asyncpg.PostgresError, pointers: list[str]) -> str:
     detail = getattr(exc, "detail", None) or ""
     try:
         bad = orjson.loads(detail)
-        return "; ".join(f"/data/{indices[b['index']]}: {b['error']}" for b in bad[:20])
+        return "; ".join(f"{pointers[b['index']]}: {b['error']}" for b in bad[:20])
     except (orjson.JSONDecodeError, KeyError, IndexError, TypeError):
         return str(exc)
 
@@ -1037,7 +1079,7 @@ async def _load_upload(
         campaign = await _campaign_row(conn, campaign_id)
         stored = await _replay(conn, f"upload:{campaign_id}", token, request_hash, api.now())
         if stored is not None:
-            return document(stored["data"], meta={**stored["meta"], "replayed": True})
+            return _replayed(stored)
         try:
             # enqueue() parses in a thread, a chunk ahead of the merge: off the event loop.
             added = await campaigns.enqueue(
@@ -1072,10 +1114,11 @@ async def _load_upload(
             "errors": bad_list,
             "replayed": False,
         }
-        answer = {"data": campaign_resource(campaign), "meta": meta}
+        status = 201 if added else 200
+        answer = {"status": status, "data": campaign_resource(campaign), "meta": meta}
         if token is not None:
             await conn.execute(Q.api_request_store, f"upload:{campaign_id}", token, answer)
-    return document(answer["data"], meta=meta, status=201 if added else 200)
+    return document(answer["data"], meta=meta, status=status)
 
 
 def _take(

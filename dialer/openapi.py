@@ -330,7 +330,15 @@ def spec() -> dict[str, Any]:
     )
     numbers_write = _obj(
         {
-            "data": {"type": "array", "items": number_item, "minItems": 1, "maxItems": 10_000},
+            "data": {
+                "oneOf": [
+                    number_item,
+                    {"type": "array", "items": number_item, "minItems": 1, "maxItems": 10_000},
+                ],
+                "description": "One number resource object, or an array of up to 10,000. The answer is the "
+                "same either way: the campaign, with the counts in meta (error pointers are /data/... for "
+                "one object, /data/<index>/... in an array)",
+            },
             "meta": _obj(
                 {
                     "client_token": {"type": "string", "minLength": 1, "maxLength": 200},
@@ -501,7 +509,16 @@ def spec() -> dict[str, Any]:
             ),
             "delete": _op(
                 "Delete a campaign that is not running or paused (its CDRs go with it)",
-                {"204": {"description": "Deleted"}},
+                {
+                    "204": {"description": "Deleted"},
+                    "409": _json(
+                        _ref("ErrorDocument"),
+                        "Not deleted, nothing changed: the campaign is running or paused, has calls in "
+                        "progress, or still has webhook events not yet delivered (pending or retrying; "
+                        "meta.undelivered_webhook_events counts them). Stop it, let the events be "
+                        "delivered or given up, then delete.",
+                    ),
+                },
                 tags=["campaigns"],
                 operation_id="deleteCampaign",
             ),
@@ -606,10 +623,18 @@ def spec() -> dict[str, Any]:
                 operation_id="listNumbers",
             ),
             "post": _op(
-                "Add up to 10,000 numbers (idempotent with a client token)",
+                "Add one number or up to 10,000 (idempotent with a client token)",
                 {
-                    "200": _json(_single("Campaign"), "Nothing new was added (duplicates or a replay)"),
-                    "201": _json(_single("Campaign"), "Numbers added; meta has the counts"),
+                    "200": _json(
+                        _single("Campaign"),
+                        "Nothing new was added (all duplicates); meta has the counts. A repeat with the "
+                        "same client token answers with the first response and its status, meta.replayed true",
+                    ),
+                    "201": _json(
+                        _single("Campaign"),
+                        "Numbers added; meta has the counts. A repeat with the same client token answers "
+                        "with the first response and its status, meta.replayed true",
+                    ),
                 },
                 params=[
                     {
@@ -629,8 +654,16 @@ def spec() -> dict[str, Any]:
             "post": _op(
                 "Upload a number file: CSV / TXT / ZIP / GZ of number[,cli[,dtmf]] (Paycall upload_phones)",
                 {
-                    "200": _json(_single("Campaign"), "Nothing new was added"),
-                    "201": _json(_single("Campaign"), "Numbers added; meta has the counts"),
+                    "200": _json(
+                        _single("Campaign"),
+                        "Nothing new was added; meta has the counts. A repeat with the same client_token "
+                        "answers with the first response and its status, meta.replayed true",
+                    ),
+                    "201": _json(
+                        _single("Campaign"),
+                        "Numbers added; meta has the counts. A repeat with the same client_token answers "
+                        "with the first response and its status, meta.replayed true",
+                    ),
                 },
                 params=[
                     _query("partial", {"enum": ["true", "false"]}, "Accept valid rows, report the rest"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import datetime as dt
 import gzip
@@ -17,6 +18,7 @@ import asyncpg
 import orjson
 import pytest
 import yarl
+from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from dialer import api as api_mod
@@ -36,6 +38,7 @@ class Client:
     conn: asyncpg.Connection
     clock: ManualClock
     token: str
+    app: web.Application
 
     async def call(self, method: str, path: str, body: Any = None, **kw: Any) -> tuple[int, Any]:
         if body is not None:
@@ -59,7 +62,7 @@ async def client(pool: asyncpg.Pool, conn: asyncpg.Connection) -> AsyncIterator[
     async with aiohttp.ClientSession(
         base_url=str(server.make_url("")), headers={"Authorization": f"Bearer {token}"}
     ) as http:
-        yield Client(http, conn, clock, token)
+        yield Client(http, conn, clock, token, server.app)
     await server.close()
 
 
@@ -118,6 +121,103 @@ async def test_a_revoked_token_stops_working(client: Client) -> None:
     assert (await client.call("GET", "/v1/campaigns"))[0] == 401
 
 
+_TABLES = (
+    "dialer_campaign",
+    "dialer_number",
+    "dialer_attempt",
+    "dialer_suppression",
+    "dialer_webhook_event",
+    "dialer_api_request",
+    "dialer_api_token",
+    "dialer_compliance",
+)
+
+
+async def snapshot(conn: asyncpg.Connection) -> dict[str, tuple[int, str]]:
+    """Row count and a digest of every row of each table an API request could write."""
+    out: dict[str, tuple[int, str]] = {}
+    for table in _TABLES:
+        row = await conn.fetchrow(
+            f"SELECT count(*), md5(coalesce(string_agg(t::text, '|' ORDER BY t::text), '')) FROM {table} t"
+        )
+        assert row is not None
+        out[table] = (row[0], row[1])
+    return out
+
+
+async def test_every_route_refuses_a_missing_wrong_or_revoked_token_and_changes_nothing(
+    client: Client,
+) -> None:
+    """Each non-public route of the app answers 401 without a valid token, whatever the request would do."""
+    cid = await create(client)
+    status, _ = await client.call("POST", f"/v1/campaigns/{cid}/numbers", numbers_doc([phone(1), phone(2)]))
+    assert status == 201
+    number_id = await client.conn.fetchval("SELECT min(id) FROM dialer_number")
+    status, doc = await client.call(
+        "POST", "/v1/suppressions", {"data": {"type": "suppressions", "attributes": {"phone": phone(7)}}}
+    )
+    assert status == 201
+    suppression_id = doc["data"]["id"]
+    dialed = await create(client, name="dialed", max_concurrent_calls=100, max_calls_per_second=100)
+    call_id = (await _dial_and_finish(client, dialed, 1))[0]["attempt_id"]
+    revoked = new_token()
+    await client.conn.execute(Q.api_token_insert, "revoked", hash_token(revoked), NOW)
+    await client.conn.execute(Q.api_token_revoke, "revoked", NOW)
+
+    def fill(path: str) -> str:
+        ids = {"/v1/calls/": call_id, "/v1/numbers/": number_id, "/v1/suppressions/": suppression_id}
+        target = next((v for k, v in ids.items() if path.startswith(k)), cid)
+        return path.format(id=target, action="start")
+
+    # Bodies that would succeed with a valid token, so a hole in the guard would show as a change.
+    bodies: dict[tuple[str, str], Any] = {
+        ("POST", "/v1/campaigns"): campaign_doc(name="intruder"),
+        ("PATCH", "/v1/campaigns/{id}"): {"data": {"type": "campaigns", "attributes": {"max_retries": 9}}},
+        ("PUT", "/v1/campaigns/{id}/agents"): {"data": {"type": "agents", "attributes": {"logged_in": 3}}},
+        ("POST", "/v1/campaigns/{id}/numbers"): numbers_doc([phone(50)], client_token="intruder"),
+        ("POST", "/v1/suppressions"): {"data": {"type": "suppressions", "attributes": {"phone": phone(51)}}},
+        ("PUT", "/v1/compliance"): {
+            "data": {"type": "compliance", "attributes": {"max_attempts_per_24h": 1}}
+        },
+    }
+    public = {"/healthz", "/readyz", "/metrics", "/openapi.json"}
+    routes = sorted(
+        {
+            (r.method, r.resource.canonical)
+            for r in client.app.router.routes()
+            if r.resource is not None and r.resource.canonical not in public
+        }
+    )
+    from dialer.openapi import spec
+
+    documented = {(m.upper(), p) for p, item in spec()["paths"].items() for m in item if m != "parameters"}
+    assert documented <= set(routes)
+
+    before = await snapshot(client.conn)
+    refused = 0
+    async with aiohttp.ClientSession(base_url=str(client.http._base_url)) as anon:
+        for authorization in (None, f"Bearer {new_token()}", f"Bearer {revoked}"):
+            for method, template in routes:
+                headers = {} if authorization is None else {"Authorization": authorization}
+                if template.endswith("/upload"):
+                    data = f"{phone(52)}\r\n".encode()
+                    headers["Content-Type"] = "text/csv"
+                    params = {"client_token": "intruder"}
+                else:
+                    data = orjson.dumps(bodies.get((method, template), {}))
+                    headers["Content-Type"] = JSONAPI
+                    params = {}
+                async with anon.request(
+                    method, fill(template), data=data, headers=headers, params=params
+                ) as resp:
+                    raw = await resp.read()
+                    assert resp.status == 401, (method, template, authorization, raw)
+                    assert orjson.loads(raw)["errors"][0]["status"] == "401"
+                refused += 1
+    assert refused == 3 * len(routes) and len(routes) >= 26
+    assert await snapshot(client.conn) == before
+
+
 async def test_tokens_are_stored_hashed(client: Client) -> None:
     """The database holds a SHA-256 of the token, never the token itself."""
     stored = await client.conn.fetchval("SELECT token_hash FROM dialer_api_token WHERE name = 'tests'")
@@ -135,35 +235,74 @@ async def test_health_metrics_and_openapi_need_no_token(client: Client) -> None:
 # --- campaigns -----------------------------------------------------------------------------
 
 
+def assert_settings(attributes: dict[str, Any], expected: dict[str, Any]) -> None:
+    """Every expected setting reads back as written (times as instants, hours as windows)."""
+    for field, value in expected.items():
+        got = attributes[field]
+        if field in ("starts_at", "ends_at"):
+            assert dt.datetime.fromisoformat(got) == dt.datetime.fromisoformat(value), field
+        elif field == "business_hours":
+            keys = ("day_of_week", "time_open", "time_close")
+            windows = sorted(tuple(h[k] for k in keys) for h in got)
+            assert windows == sorted(tuple(h[k] for k in keys) for h in value), field
+        else:
+            assert got == value, field
+
+
 async def test_campaign_create_read_list_update_delete(client: Client) -> None:
-    """A campaign goes through its whole life over the API with every pacing setting."""
-    hours = [{"day_of_week": d, "time_open": 900, "time_close": 1700} for d in range(1, 6)]
-    hours.append({"day_of_week": 5, "time_open": 2200, "time_close": 600})  # overnight Friday
-    cid = await create(
-        client,
-        caller_id="+14155550100",
-        ring_timeout_seconds=25,
-        retry_wait_seconds=120,
-        max_retries=3,
-        max_concurrent_calls=7,
-        max_calls_per_second=2,
-        time_zone="America/New_York",
-        business_hours=hours,
-        starts_at="2026-12-01T09:00:00-05:00",
-        ends_at="2026-12-31T17:00:00-05:00",
-        webhook_url="https://crm.example.com/hooks/dialer",
-    )
+    """Every pacing setting round-trips through create and through update, and the campaign can be deleted."""
+    created = {
+        "provider": "twilio",
+        "caller_id": "+14155550100",
+        "ring_timeout_seconds": 25,
+        "retry_wait_seconds": 120,
+        "max_retries": 3,
+        "max_concurrent_calls": 7,
+        "max_calls_per_second": 2,
+        "time_zone": "America/New_York",
+        "business_hours": [
+            *({"day_of_week": d, "time_open": 900, "time_close": 1700} for d in range(1, 6)),
+            {"day_of_week": 5, "time_open": 2200, "time_close": 600},  # overnight Friday
+        ],
+        "starts_at": "2026-12-01T09:00:00-05:00",
+        "ends_at": "2026-12-31T17:00:00-05:00",
+        "webhook_url": "https://crm.example.com/hooks/dialer",
+    }
+    cid = await create(client, **created)
     status, doc = await client.call("GET", f"/v1/campaigns/{cid}")
-    attrs = doc["data"]["attributes"]
-    assert status == 200 and attrs["max_concurrent_calls"] == 7 and attrs["status"] == "created"
-    assert attrs["time_zone"] == "America/New_York" and len(attrs["business_hours"]) == 6
-    assert attrs["webhook_url"] == "https://crm.example.com/hooks/dialer"
+    assert status == 200 and doc["data"]["attributes"]["status"] == "created"
+    assert_settings(doc["data"]["attributes"], created)
+
+    updated = {
+        "provider": "simulator",
+        "caller_id": "+12125550100",
+        "ring_timeout_seconds": 40,
+        "retry_wait_seconds": 900,
+        "max_retries": 5,
+        "max_concurrent_calls": 11,
+        "max_calls_per_second": 4,
+        "time_zone": "Europe/Paris",
+        "business_hours": [
+            {"day_of_week": 6, "time_open": 2300, "time_close": 700},  # overnight Saturday
+            {"day_of_week": 0, "time_open": 1000, "time_close": 1400},
+        ],
+        "starts_at": "2027-01-04T08:00:00+01:00",
+        "ends_at": "2027-02-01T18:00:00+01:00",
+    }
+    status, doc = await client.call(
+        "PATCH", f"/v1/campaigns/{cid}", {"data": {"type": "campaigns", "attributes": updated}}
+    )
+    assert status == 200, doc
+    assert_settings(doc["data"]["attributes"], updated)
+    status, doc = await client.call("GET", f"/v1/campaigns/{cid}")
+    assert_settings(doc["data"]["attributes"], updated)
 
     status, doc = await client.call(
-        "PATCH", f"/v1/campaigns/{cid}", {"data": {"type": "campaigns", "attributes": {"max_retries": 5}}}
+        "PATCH", f"/v1/campaigns/{cid}", {"data": {"type": "campaigns", "attributes": {"max_retries": 6}}}
     )
-    assert status == 200 and doc["data"]["attributes"]["max_retries"] == 5
-    assert doc["data"]["attributes"]["max_concurrent_calls"] == 7  # untouched attributes stay
+    assert status == 200
+    assert_settings(doc["data"]["attributes"], {**updated, "max_retries": 6})  # untouched settings stay
+    assert doc["data"]["attributes"]["webhook_url"] == created["webhook_url"]
 
     status, doc = await client.call("GET", "/v1/campaigns?name=spring")
     assert status == 200 and [d["id"] for d in doc["data"]] == [cid]
@@ -247,6 +386,60 @@ async def test_a_running_campaign_cannot_be_deleted(client: Client) -> None:
     assert (await client.call("GET", f"/v1/campaigns/{cid}"))[0] == 200
 
 
+async def test_a_campaign_with_undelivered_webhook_events_cannot_be_deleted(client: Client) -> None:
+    """Pending or retrying events would be lost with the campaign: 409 until each is delivered or given up."""
+    cid = await create(client, webhook_url="https://crm.example.com/hook")
+    await _dial_and_finish(client, cid, 4)
+    await client.call("POST", f"/v1/campaigns/{cid}/actions/stop")
+    # One event in its retry backoff, one never tried yet.
+    await client.conn.execute(
+        "UPDATE dialer_webhook_event SET attempts = 2, last_status = 503 WHERE id = "
+        "(SELECT min(id::text)::uuid FROM dialer_webhook_event)"
+    )
+    assert await client.conn.fetchval("SELECT count(*) FROM dialer_webhook_event") == 2
+    before = await snapshot(client.conn)
+    status, doc = await client.call("DELETE", f"/v1/campaigns/{cid}")
+    assert status == 409, doc
+    assert doc["errors"][0]["title"] == "Undelivered webhook events"
+    assert "webhook event" in doc["errors"][0]["detail"]
+    assert doc["meta"] == {"undelivered_webhook_events": 2}
+    assert await snapshot(client.conn) == before
+
+    await client.conn.execute("UPDATE dialer_webhook_event SET delivered_at = $1 WHERE attempts = 0", NOW)
+    assert (await client.call("DELETE", f"/v1/campaigns/{cid}"))[0] == 409
+    await client.conn.execute("UPDATE dialer_webhook_event SET gave_up_at = $1 WHERE attempts = 2", NOW)
+    assert (await client.call("DELETE", f"/v1/campaigns/{cid}"))[0] == 204
+    assert await client.conn.fetchval("SELECT count(*) FROM dialer_campaign WHERE id = $1", int(cid)) == 0
+
+
+async def test_an_event_committing_during_a_delete_is_kept(client: Client, pool: asyncpg.Pool) -> None:
+    """A delete waits for an outcome's transaction still writing an event, then refuses instead of losing it."""
+    cid = await create(client, webhook_url="https://crm.example.com/hook")
+    async with pool.acquire() as writer:
+        outcome = writer.transaction()
+        await outcome.start()
+        await writer.execute(
+            "INSERT INTO dialer_webhook_event (campaign_id, type, payload, created_at, next_attempt_at)"
+            " VALUES ($1, 'number.finished', '{}'::jsonb, $2, $2)",
+            int(cid),
+            NOW,
+        )
+        delete = asyncio.create_task(client.call("DELETE", f"/v1/campaigns/{cid}"))
+        for _ in range(500):
+            waiting = await client.conn.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                " AND datname = current_database()"
+            )
+            if waiting or delete.done():
+                break
+            await asyncio.sleep(0.01)
+        assert waiting == 1 and not delete.done()
+        await outcome.commit()
+    status, _ = await delete
+    assert status == 409
+    assert await client.conn.fetchval("SELECT count(*) FROM dialer_webhook_event") == 1
+
+
 async def test_changing_hours_clears_the_window_so_it_is_recomputed(client: Client) -> None:
     """A new time zone or new hours take effect at the next maintenance tick, not at the old window's end."""
     cid = await create(client)
@@ -294,25 +487,83 @@ async def test_a_batch_is_added_and_the_same_client_token_adds_nothing_twice(cli
     status, first = await client.call("POST", f"/v1/campaigns/{cid}/numbers", body)
     assert status == 201 and first["meta"]["added"] == 100
     status, again = await client.call("POST", f"/v1/campaigns/{cid}/numbers", body)
-    assert status == 200 and again["meta"]["replayed"] is True and again["meta"]["added"] == 100
+    assert status == 201 and again["meta"]["replayed"] is True and again["meta"]["added"] == 100
+    assert again["data"] == first["data"]
     assert await client.conn.fetchval("SELECT count(*) FROM dialer_number") == 100
     other = numbers_doc([phone(500)], client_token="batch-1")
     status, doc = await client.call("POST", f"/v1/campaigns/{cid}/numbers", other)
     assert status == 422 and doc["errors"][0]["source"]["pointer"] == "/meta/client_token"
 
 
+async def test_a_replay_answers_with_the_status_of_the_first_response(client: Client) -> None:
+    """A first answer of 200 (nothing new) replays as 200, a first 201 as 201, both marked replayed."""
+    cid = await create(client)
+    await client.call("POST", f"/v1/campaigns/{cid}/numbers", numbers_doc([phone(1)]))
+    path = f"/v1/campaigns/{cid}/numbers"
+    for body, expected in (
+        (numbers_doc([phone(1)], client_token="dup"), 200),
+        (numbers_doc([phone(2)], client_token="new"), 201),
+    ):
+        statuses = []
+        for _ in range(2):
+            status, doc = await client.call("POST", path, body)
+            statuses.append((status, doc["meta"]["replayed"]))
+        assert statuses == [(expected, False), (expected, True)]
+
+
 async def test_idempotency_key_header_works_like_the_client_token(client: Client) -> None:
     """The Idempotency-Key header is the same guarantee for clients that prefer headers."""
     cid = await create(client)
     body = numbers_doc([phone(1)])
-    for _ in range(2):
-        await client.call("POST", f"/v1/campaigns/{cid}/numbers", body, headers={"Idempotency-Key": "k1"})
+    for replayed in (False, True):
+        status, doc = await client.call(
+            "POST", f"/v1/campaigns/{cid}/numbers", body, headers={"Idempotency-Key": "k1"}
+        )
+        assert status == 201 and doc["meta"]["replayed"] is replayed
     assert (
         await client.conn.fetchval(
             "SELECT count(*) FROM api_r FROM dialer_api_request".replace("api_r FROM ", "")
         )
         == 1
     )
+
+
+async def test_one_number_as_a_resource_object_is_added_like_a_batch_of_one(client: Client) -> None:
+    """`data` may be one number object: same answer shape as a batch, pointers without an index."""
+    cid = await create(client)
+    path = f"/v1/campaigns/{cid}/numbers"
+    one = {
+        "data": {"type": "numbers", "attributes": {"phone": phone(1), "dtmf": "1#"}},
+        "meta": {"client_token": "one"},
+    }
+    status, doc = await client.call("POST", path, one)
+    assert status == 201, doc
+    assert doc["data"]["type"] == "campaigns" and doc["data"]["id"] == cid
+    assert doc["meta"] | {"replayed": False} == {
+        "received": 1,
+        "accepted": 1,
+        "rejected": 0,
+        "added": 1,
+        "duplicates": 0,
+        "errors": [],
+        "replayed": False,
+    }
+    status, again = await client.call("POST", path, one)
+    assert status == 201 and again["meta"]["replayed"] is True
+    status, batch = await client.call("POST", path, numbers_doc([phone(2)]))
+    assert status == 201 and batch.keys() == doc.keys() and batch["meta"].keys() == doc["meta"].keys()
+    rows = await client.conn.fetch("SELECT phone, dtmf FROM dialer_number ORDER BY phone")
+    assert [(r["phone"], r["dtmf"]) for r in rows] == [(phone(1), "1#"), (phone(2), None)]
+
+    bad = {"data": {"type": "numbers", "attributes": {"phone": "+1555"}}}
+    status, doc = await client.call("POST", path, bad)
+    assert status == 422 and [e["source"]["pointer"] for e in doc["errors"]] == ["/data/attributes/phone"]
+    status, doc = await client.call("POST", path, {**bad, "meta": {"partial": True}})
+    assert status == 200 and doc["meta"]["added"] == 0
+    assert doc["meta"]["errors"][0]["source"]["pointer"] == "/data/attributes/phone"
+    status, doc = await client.call("POST", path, {"data": {"type": "suppressions", "attributes": {}}})
+    assert status == 422 and doc["errors"][0]["source"]["pointer"] == "/data"
+    assert await client.conn.fetchval("SELECT count(*) FROM dialer_number") == 2
 
 
 async def test_ten_thousand_numbers_in_one_request(client: Client) -> None:
@@ -501,8 +752,8 @@ async def test_an_upload_with_a_client_token_is_applied_once(client: Client) -> 
     path = f"/v1/campaigns/{cid}/numbers/upload?client_token=file-1"
     for expected in (False, True):
         async with client.http.post(path, data=_csv(20), headers={"Content-Type": "text/csv"}) as resp:
-            doc = orjson.loads(await resp.read())
-        assert doc["meta"]["replayed"] is expected and doc["meta"]["added"] == 20
+            status, doc = resp.status, orjson.loads(await resp.read())
+        assert status == 201 and doc["meta"]["replayed"] is expected and doc["meta"]["added"] == 20
     assert await client.conn.fetchval("SELECT count(*) FROM dialer_number") == 20
 
 
