@@ -96,7 +96,7 @@ class Settings:
     provider_max_calls_per_second: float = field(
         default=0.0,
         metadata={
-            "doc": "Per-account start-request rate limit of this process (0 = none; campaign pacing still applies)."
+            "doc": "The simulator account's start-request rate, held across all workers (0 = none; >= 0.01)."
         },
     )
     providers: str = field(
@@ -208,7 +208,11 @@ class Settings:
         need(1 <= self.db_pool_size <= 200, "db_pool_size", "must be between 1 and 200")
         need(0 <= self.http_port <= 65535, "http_port", "must be a TCP port (0-65535)")
         need(self.provider_timeout_seconds > 0, "provider_timeout_seconds", "must be > 0")
-        need(self.provider_max_calls_per_second >= 0, "provider_max_calls_per_second", "must be >= 0")
+        need(
+            self.provider_max_calls_per_second == 0 or self.provider_max_calls_per_second >= 0.01,
+            "provider_max_calls_per_second",
+            "must be 0 (no limit) or >= 0.01",
+        )
         need(
             1 <= self.max_inflight_requests <= 100_000,
             "max_inflight_requests",

@@ -126,6 +126,9 @@ class Worker:
         now = self.clock.now()
         async with self.pool.acquire() as conn:
             await conn.execute(Q.worker_register, self.id, socket.gethostname(), os.getpid(), now)
+            # The claim spends each account's rate across workers; it reads it from here.
+            rates = {name: getattr(p, "max_calls_per_second", 0.0) for name, p in self.providers.items()}
+            await conn.execute(Q.provider_accounts_sync, list(rates), list(rates.values()), now)
         await self._listen()
         side = [
             asyncio.create_task(self._flusher(), name="flusher"),
@@ -471,6 +474,7 @@ class Worker:
         async with self.pool.acquire() as conn:
             for row in await conn.fetch(Q.finish_campaigns, now):
                 log.info("campaign %s finished", row["name"])
+            await conn.execute(Q.prune_provider_starts, now)
 
     async def _pacer(self) -> None:
         while True:
@@ -711,6 +715,8 @@ def held_back_reason(r: asyncpg.Record | dict[str, Any]) -> str:
         return "concurrency_cap"
     if r["recent"] >= r["max_calls_per_second"]:
         return "rate_limit"
+    if r.get("account_full"):
+        return "account_rate_limit"
     return "dispatching"
 
 

@@ -90,6 +90,19 @@ RETURNING c.id, c.name;
 -- name: worker_register
 INSERT INTO dialer_worker (id, hostname, pid, started_at, heartbeat_at) VALUES ($1, $2, $3, $4, $4);
 
+-- name: provider_accounts_sync
+-- Each worker writes its accounts' rates at start-up (0: no limit). The deployment's config is
+-- the same for every pod, so the last writer is as good as any; a rollout converges on the new.
+INSERT INTO dialer_provider_account (name, max_calls_per_second, updated_at)
+SELECT u.name, nullif(u.rate, 0), $3 FROM unnest($1::text[], $2::double precision[]) AS u(name, rate)
+ON CONFLICT (name) DO UPDATE
+   SET max_calls_per_second = excluded.max_calls_per_second, updated_at = excluded.updated_at
+ WHERE dialer_provider_account.max_calls_per_second IS DISTINCT FROM excluded.max_calls_per_second;
+
+-- name: prune_provider_starts
+-- The widest window is 100 s (the slowest rate allowed, 0.01/s): older rows count for nothing.
+DELETE FROM dialer_provider_start WHERE claimed_at < $1::timestamptz - interval '5 minutes';
+
 -- name: worker_heartbeat
 UPDATE dialer_worker SET heartbeat_at = $2, draining = $3 WHERE id = $1;
 
@@ -163,7 +176,15 @@ SELECT c.id, c.name, c.status, c.max_concurrent_calls, c.max_calls_per_second,
        (c.window_opens_at IS NOT NULL AND c.window_opens_at <= $1::timestamptz
         AND $1::timestamptz < c.window_closes_at) AS window_open,
        ((c.starts_at IS NULL OR c.starts_at <= $1::timestamptz)
-        AND (c.ends_at IS NULL OR c.ends_at > $1::timestamptz)) AS in_dates
+        AND (c.ends_at IS NULL OR c.ends_at > $1::timestamptz)) AS in_dates,
+       -- The provider account's window is spent (dialer_claim's arithmetic).
+       coalesce((SELECT greatest(floor(pa.max_calls_per_second), 1)
+                        <= (SELECT coalesce(sum(s.starts), 0) FROM dialer_provider_start s
+                             WHERE s.provider = pa.name
+                               AND s.claimed_at > $1::timestamptz
+                                   - make_interval(secs => greatest(1.0, 1.0 / pa.max_calls_per_second)))
+                   FROM dialer_provider_account pa
+                  WHERE pa.name = c.provider AND pa.max_calls_per_second IS NOT NULL), false) AS account_full
   FROM dialer_campaign c
   CROSS JOIN LATERAL (
         SELECT count(*) AS due, min(n.next_attempt_at) AS oldest_due

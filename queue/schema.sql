@@ -271,11 +271,29 @@ $$;
 CREATE TRIGGER dialer_number_notify AFTER INSERT ON dialer_number
     FOR EACH STATEMENT EXECUTE FUNCTION dialer_notify_due();
 
+-- Provider accounts' call rates (DIALER_PROVIDERS max_calls_per_second), written by every worker
+-- at start-up: the claim spends an account's rate across all its campaigns and workers, as it does
+-- a campaign's. NULL: no limit. A rate under 0.01/s (one call in 100 s) is refused by the loader.
+CREATE TABLE dialer_provider_account (
+    name                 text PRIMARY KEY CHECK (length(name) BETWEEN 1 AND 200),
+    max_calls_per_second double precision CHECK (max_calls_per_second >= 0.01),
+    updated_at           timestamptz NOT NULL
+);
+
+-- Starts per claim and limited account, the log the claim counts the account's window from.
+-- Pruned by the workers' maintenance once older than any window.
+CREATE TABLE dialer_provider_start (
+    provider   text NOT NULL,
+    claimed_at timestamptz NOT NULL,
+    starts     integer NOT NULL CHECK (starts > 0)
+);
+CREATE INDEX dialer_provider_start_idx ON dialer_provider_start (provider, claimed_at);
+
 -- The claim. One call claims up to p_limit attempts across campaigns, honouring every pacing rule
 -- at the moment of dispatch:
 --   * only running campaigns inside their start/end dates and business-hours window (at p_now);
 --   * live attempts < max_concurrent_calls and starts in the last second < max_calls_per_second,
---     summed over all workers.
+--     summed over all workers; and the provider account's calls per second across its campaigns.
 -- Exactness across workers comes from the campaign row lock: a campaign is worked by one claim at
 -- a time (SKIP LOCKED: others move on to other campaigns instead of queueing behind it). This is a
 -- plpgsql function on purpose: under READ COMMITTED each statement in it takes a fresh snapshot,
@@ -325,6 +343,9 @@ DECLARE
     cap_life  integer;
     locks_left integer;  -- phone locks this claim may still take; NULL: no cap set, no locks
     locked_ids bigint[]; -- this round's candidates whose phone lock is held; NULL: no cap set
+    acct_rate  double precision;  -- the campaign's provider account's calls per second; NULL: no limit
+    acct_locked text[] := '{}';    -- limited accounts whose row this claim holds
+    acct_room  integer;
 BEGIN
     SELECT cc.max_attempts_per_24h, cc.max_attempts_lifetime INTO cap_day, cap_life FROM dialer_compliance cc;
     -- The caps count a phone's calls through every campaign, and the campaign row lock does not
@@ -369,6 +390,24 @@ BEGIN
         -- spent here, under the campaign's row lock, so workers together never exceed it.
         IF c.pacing_mode <> 'agentless' THEN
             k := LEAST(k, c.pacing_budget);
+        END IF;
+        -- The provider account's rate holds across its campaigns and every worker: it is spent
+        -- like the campaign's, under a lock on the account's row (a claim that finds it held skips
+        -- the account's campaigns: the holder is dialing for it), against the starts each claim
+        -- logged for the account. Below one call per second the window widens: 0.5/s is one
+        -- start in any 2 s.
+        SELECT pa.max_calls_per_second INTO acct_rate FROM dialer_provider_account pa WHERE pa.name = c.provider;
+        IF acct_rate IS NOT NULL AND k > 0 THEN
+            IF NOT c.provider = ANY (acct_locked) THEN
+                PERFORM 1 FROM dialer_provider_account pa WHERE pa.name = c.provider FOR UPDATE SKIP LOCKED;
+                CONTINUE WHEN NOT FOUND;
+                acct_locked := acct_locked || c.provider;
+            END IF;
+            SELECT greatest(floor(acct_rate), 1)::integer - coalesce(sum(s.starts), 0)::integer INTO acct_room
+              FROM dialer_provider_start s
+             WHERE s.provider = c.provider
+               AND s.claimed_at > p_now - make_interval(secs => greatest(1.0, 1.0 / acct_rate));
+            k := LEAST(k, acct_room);
         END IF;
         CONTINUE WHEN k <= 0;
 
@@ -554,6 +593,9 @@ BEGIN
                    pacing_budget = CASE WHEN pacing_mode = 'agentless' THEN pacing_budget
                                         ELSE greatest(pacing_budget - taken_c, 0) END
              WHERE id = c.id;
+            IF acct_rate IS NOT NULL THEN
+                INSERT INTO dialer_provider_start (provider, claimed_at, starts) VALUES (c.provider, p_now, taken_c);
+            END IF;
         END IF;
     END LOOP;
 END;

@@ -128,8 +128,8 @@ def load_accounts(settings: Settings, environ: Mapping[str, str] | None = None) 
             errors.append(f"{where}.base_url: {base_url!r} must be an http(s) URL")
         cps = item.pop("max_calls_per_second", 0.0)
         timeout = item.pop("timeout_seconds", settings.provider_timeout_seconds)
-        if not isinstance(cps, int | float) or cps < 0:
-            errors.append(f"{where}.max_calls_per_second: must be a number >= 0")
+        if not isinstance(cps, int | float) or not (cps == 0 or cps >= 0.01):
+            errors.append(f"{where}.max_calls_per_second: must be 0 (no limit) or a number >= 0.01")
         if not isinstance(timeout, int | float) or timeout <= 0:
             errors.append(f"{where}.timeout_seconds: must be a number > 0")
         secrets: dict[str, Secret] = {}

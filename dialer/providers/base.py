@@ -116,6 +116,8 @@ class Provider(Protocol):
 
     Optional attribute `queue_timeout_seconds`: set by adapters whose "ringing" is a wait in a
     human caller's queue (Upcall); the sweeper then allows that long, not the ring timeout.
+    Optional attribute `max_calls_per_second`: the account's contracted rate (0: none), which the
+    claim enforces across every worker.
     """
 
     name: str
@@ -164,6 +166,8 @@ class HttpAdapter:
         self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
         # Per provider account, on top of campaign pacing: accounts have their own CPS contracts.
+        # The claim holds the rate across workers; this limiter smooths each worker's share.
+        self.max_calls_per_second = max_calls_per_second
         self._limiter = AsyncLimiter(max_calls_per_second, 1.0) if max_calls_per_second > 0 else None
 
     def _client(self) -> aiohttp.ClientSession:

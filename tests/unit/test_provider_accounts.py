@@ -51,6 +51,11 @@ def test_secrets_come_from_named_environment_variables() -> None:
             [{"name": "a", "kind": "simulator", "base_url": "http://x", "max_calls_per_second": -1}],
             "max_calls",
         ),
+        (
+            # One call in 1,000 s: a window the claim's start log does not keep.
+            [{"name": "a", "kind": "simulator", "base_url": "http://x", "max_calls_per_second": 0.001}],
+            "0 \\(no limit\\) or a number >= 0.01",
+        ),
         ([], "non-empty"),
         ({"name": "a"}, "non-empty JSON list"),
     ],
