@@ -9,7 +9,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import aiohttp
 import asyncpg
@@ -28,7 +28,7 @@ class Cable:
     """A TCP relay between the worker's pool and Postgres that the test can unplug and plug back,
     so "database unreachable" is a real broken network path, not a mocked pool."""
 
-    upstream: tuple[str, int]
+    upstream: tuple[str, int] | str  # (host, port), or a unix socket's path
     port: int = 0
     server: asyncio.Server | None = None
     links: set[asyncio.StreamWriter] = field(default_factory=set)
@@ -47,7 +47,10 @@ class Cable:
 
     async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            up_reader, up_writer = await asyncio.open_connection(*self.upstream)
+            if isinstance(self.upstream, str):
+                up_reader, up_writer = await asyncio.open_unix_connection(self.upstream)
+            else:
+                up_reader, up_writer = await asyncio.open_connection(*self.upstream)
         except OSError:
             writer.transport.abort()
             return
@@ -113,10 +116,16 @@ async def wait_for_status(probes: Probes, path: str, status: int) -> dict[str, A
 @pytest.fixture
 async def cable(dsn: str) -> AsyncIterator[tuple[Cable, str]]:
     parts = urlsplit(dsn)
-    relay = Cable((parts.hostname or "127.0.0.1", parts.port or 5432))
+    query = parse_qsl(parts.query)
+    # The embedded server listens on a unix socket only (host=/its/dir in the query); the relay
+    # then listens on TCP for the worker and connects to that socket.
+    socket_dir = next((v for k, v in query if k == "host" and v.startswith("/")), None)
+    port = parts.port or int(next((v for k, v in query if k == "port"), 5432))
+    relay = Cable(f"{socket_dir}/.s.PGSQL.{port}" if socket_dir else (parts.hostname or "127.0.0.1", port))
     await relay.plug()
     netloc = parts.netloc.rsplit("@", 1)[0] + "@" if "@" in parts.netloc else ""
-    via = urlunsplit((parts.scheme, f"{netloc}127.0.0.1:{relay.port}", parts.path, parts.query, ""))
+    rest = urlencode([(k, v) for k, v in query if k not in ("host", "port")])
+    via = urlunsplit((parts.scheme, f"{netloc}127.0.0.1:{relay.port}", parts.path, rest, ""))
     try:
         yield relay, via
     finally:
