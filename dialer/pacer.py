@@ -140,9 +140,17 @@ def feed(
 
 
 def agent_state(
-    rows: Iterable[Row], busy_since: Sequence[dt.datetime], agents_logged_in: int, now: dt.datetime
+    rows: Iterable[Row],
+    busy: Sequence[tuple[dt.datetime, dt.datetime | None]],
+    agents_logged_in: int,
+    now: dt.datetime,
 ) -> AgentState:
-    """The controller's view of agents and lines from the live attempts and the busy agents."""
+    """The controller's view of agents and lines from the live attempts and the busy agents.
+
+    `busy` is (bridged_at, agent_released_at) per busy agent. A released time is set once the call
+    has ended (end + wrap-up, by the agent trigger): that agent is in wrap-up and frees at a known
+    moment, which the controller counts on instead of guessing from the time since the bridge.
+    """
     ringing: list[float] = []
     waiting = 0
     for r in rows:
@@ -150,12 +158,19 @@ def agent_state(
             ringing.append(_seconds(now, r["claimed_at"]))
         elif r["state"] == "answered" and r["bridged_at"] is None and r["abandoned_at"] is None:
             waiting += 1
-    busy = [_seconds(now, b) for b in busy_since]
+    talking: list[float] = []
+    wrap_up: list[float] = []
+    for bridged, released in busy:
+        if released is not None:
+            wrap_up.append(max(0.0, _seconds(released, now)))
+        else:
+            talking.append(_seconds(now, bridged))
     return AgentState(
         agents_free=max(0, agents_logged_in - len(busy)),
-        busy_elapsed_seconds=tuple(busy),
+        busy_elapsed_seconds=tuple(talking),
         ringing_elapsed_seconds=tuple(ringing),
         answered_waiting=waiting,
+        wrap_up_remaining_seconds=tuple(wrap_up),
     )
 
 
@@ -267,9 +282,12 @@ async def tick(conn: Conn, campaign_id: int, now: dt.datetime, interval_seconds:
         since = (max(ticked_at, floor) if ticked_at else now) - dt.timedelta(seconds=SEEN_MARGIN_SECONDS)
         rows = await conn.fetch(Q.pacing_attempts, campaign_id, since, list(seen))
         kept, answers, resolved = feed(estimator, rows, seen, now, wrap_up_seconds=settings.wrap_up_seconds)
-        busy_since = [r["bridged_at"] for r in await conn.fetch(Q.pacing_busy, campaign_id, now)]
+        busy = [
+            (r["bridged_at"], r["agent_released_at"])
+            for r in await conn.fetch(Q.pacing_busy, campaign_id, now)
+        ]
         agents = int(camp["agents_logged_in"])
-        state = agent_state(rows, busy_since, agents, now)
+        state = agent_state(rows, busy, agents, now)
         # The calls agents are on now count as handle times still running (right-censored).
         estimates = estimator.estimates(now.timestamp(), state.busy_elapsed_seconds)
         decision = decide(settings, state, estimates)
@@ -278,7 +296,7 @@ async def tick(conn: Conn, campaign_id: int, now: dt.datetime, interval_seconds:
             now,
             ticked_at,
             agents,
-            len(busy_since),
+            len(busy),
             answers,
             resolved,
             settings.window_seconds // 60,
@@ -293,7 +311,7 @@ async def tick(conn: Conn, campaign_id: int, now: dt.datetime, interval_seconds:
             decision=decision,
             estimates=estimates,
             state=state,
-            agents_busy=len(busy_since),
+            agents_busy=len(busy),
             occupancy=sum(m[4] for m in minutes) / logged if logged else 0.0,
             hit_rate_observed=hit_answers / hit_resolved if hit_resolved else 0.0,
             abandoned=abandoned,

@@ -511,8 +511,9 @@ SELECT a.id, a.state, a.outcome, a.claimed_at, a.answered_at, a.ended_at, a.brid
   FROM dialer_attempt a WHERE a.id = ANY ($3::uuid[]) AND a.campaign_id = $1::bigint;
 
 -- name: pacing_busy
--- Busy agents (bridged, not released), through the partial busy index.
-SELECT a.bridged_at
+-- Busy agents (bridged, not released), through the partial busy index. agent_released_at set
+-- (call end + wrap-up, by the agent trigger): in wrap-up, free at that known moment.
+SELECT a.bridged_at, a.agent_released_at
   FROM dialer_attempt a
  WHERE a.campaign_id = $1::bigint AND a.bridged_at IS NOT NULL
    AND (a.agent_released_at IS NULL OR a.agent_released_at > $2::timestamptz);

@@ -53,6 +53,10 @@ class CallCenterConfig:
     # difference is invisible at these volumes and it keeps the simulator fast).
     estimate_every_seconds: float = 5.0
     start_time: float = 1_767_225_600.0  # 2026-01-01T00:00:00Z
+    # Tell the controller which busy agents are in wrap-up and when they will be released, as a
+    # worker can (the call's end arrives by the provider's callback; release = end + wrap-up).
+    # False: only each busy agent's time since its bridge, as before the worker reported it.
+    report_wrap_up: bool = True
 
     def __post_init__(self) -> None:
         if self.agents < 0:
@@ -102,7 +106,7 @@ def simulate(config: CallCenterConfig, settings: PacingSettings) -> SimResult:
     heap: list[tuple[float, int, int, int, float]] = []
     seq = 0
     free = config.agents
-    busy: dict[int, float] = {}  # call id -> bridged at
+    busy: dict[int, tuple[float, float]] = {}  # call id -> (bridged at, talk ends at)
     ringing: dict[int, float] = {}  # call id -> started at
     waiting: dict[int, float] = {}  # call id -> answered at (insertion order = queue order)
     dials = answered = bridged = abandoned = 0
@@ -119,8 +123,8 @@ def simulate(config: CallCenterConfig, settings: PacingSettings) -> SimResult:
         free -= 1
         bridged += 1
         wait_total += wait
-        busy[call] = now
         talk = rng.lognormvariate(talk_mu, config.talk_sigma)
+        busy[call] = (now, now + talk)
         occupied_seconds += max(0.0, min(talk + wrap, end - now))
         estimator.bridged(now, wait)
         push(now + talk + wrap, _HANDLE_END, call, talk)
@@ -171,14 +175,23 @@ def simulate(config: CallCenterConfig, settings: PacingSettings) -> SimResult:
         while heap and heap[0][0] <= tick:
             at, _, kind, call, value = heapq.heappop(heap)
             process(at, kind, call, value)
+        if config.report_wrap_up:
+            # Only a call that has ended is known to have ended: the rest are still talking.
+            talking = [tick - s for s, talk_end in busy.values() if talk_end > tick]
+            wrap_up: list[float] | None = [
+                talk_end + wrap - tick for _, talk_end in busy.values() if talk_end <= tick
+            ]
+        else:
+            talking, wrap_up = [tick - s for s, _ in busy.values()], None
         if tick >= next_estimate:
-            estimates = estimator.estimates(tick, [tick - s for s in busy.values()])
+            estimates = estimator.estimates(tick, talking)
             next_estimate += config.estimate_every_seconds
         state = AgentState(
             agents_free=free,
-            busy_elapsed_seconds=[tick - s for s in busy.values()],
+            busy_elapsed_seconds=talking,
             ringing_elapsed_seconds=[tick - s for s in ringing.values()],
             answered_waiting=len(waiting),
+            wrap_up_remaining_seconds=wrap_up,
         )
         decision = decide(settings, state, estimates)
         reasons[decision.reason] = reasons.get(decision.reason, 0) + 1
@@ -295,8 +308,9 @@ def simulate_oracle(config: CallCenterConfig, settings: PacingSettings, risk: fl
     It knows, before dialling, whether each number will be answered by a person and after how long
     it will ring, so it dials unanswered numbers freely (bounded only by max_dial_ratio lines per
     agent) and places every live answer at an instant it chooses. It does not know talk times: like
-    the real controller it sees each busy agent's elapsed handle time, but it knows the true
-    talk-time distribution exactly (no estimation, no warm-up). It dials the next answered number
+    the real controller it sees each busy agent's elapsed talk time, or that its call has ended and
+    when its wrap-up does, but it knows the true talk-time distribution exactly (no estimation, no
+    warm-up). It dials the next answered number
     only while, for that call and for every answered call already ringing that would land after it,
     P(fewer agents free by landing + abandon grace than answers landing up to then) <= risk
     (exact Poisson-binomial over the busy agents). Tune `risk` to reach a given abandonment; the
@@ -326,7 +340,7 @@ def simulate_oracle(config: CallCenterConfig, settings: PacingSettings, risk: fl
     heap: list[tuple[float, int, int, int, float]] = []
     seq = 0
     free = config.agents
-    busy: dict[int, float] = {}
+    busy: dict[int, tuple[float, float]] = {}  # call id -> (bridged at, talk ends at)
     lands: dict[int, float] = {}  # answered call still ringing -> when it will be answered
     unanswered_ringing = 0
     waiting: dict[int, float] = {}
@@ -343,8 +357,8 @@ def simulate_oracle(config: CallCenterConfig, settings: PacingSettings, risk: fl
         free -= 1
         bridged += 1
         wait_total += wait
-        busy[call] = now
         talk = rng.lognormvariate(talk_mu, sigma)
+        busy[call] = (now, now + talk)
         occupied_seconds += max(0.0, min(talk + wrap, end - now))
         push(now + talk + wrap, _HANDLE_END, call, talk)
 
@@ -374,9 +388,13 @@ def simulate_oracle(config: CallCenterConfig, settings: PacingSettings, risk: fl
                 bridge(now, first, now - waiting.pop(first))
 
     def admissible(now: float, land: float) -> bool:
-        # Per busy agent: handle time already spent (talk part) and the chance it lasted that long.
+        # Like the controller, it sees which agents' calls have ended (in wrap-up, released at a known
+        # time). Per agent still talking: talk time spent and the chance it lasted that long.
+        released = [talk_end + wrap for _, talk_end in busy.values() if talk_end <= now]
         spent = [
-            (now - s - wrap, 1.0 - _lognormal_cdf(now - s - wrap, talk_mu, sigma)) for s in busy.values()
+            (now - s, 1.0 - _lognormal_cdf(now - s, talk_mu, sigma))
+            for s, talk_end in busy.values()
+            if talk_end > now
         ]
         landings = sorted([*lands.values(), land])
         for rank, at in enumerate(landings, start=len(waiting) + 1):
@@ -386,8 +404,14 @@ def simulate_oracle(config: CallCenterConfig, settings: PacingSettings, risk: fl
             if need <= 0:
                 continue
             horizon = at + grace - now
-            chances = [
-                (_lognormal_cdf(e + horizon, talk_mu, sigma) - (1.0 - surv)) / surv if surv > 1e-12 else 1.0
+            talk_left = horizon - wrap  # a call ending later leaves its agent in wrap-up past the horizon
+            chances = [1.0 if at_release <= now + horizon else 0.0 for at_release in released]
+            chances += [
+                0.0
+                if talk_left <= 0.0
+                else (_lognormal_cdf(e + talk_left, talk_mu, sigma) - (1.0 - surv)) / surv
+                if surv > 1e-12
+                else 1.0
                 for e, surv in spent
             ]
             if _count_at_most(chances, need - 1) > risk:

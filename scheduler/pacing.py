@@ -221,14 +221,26 @@ class AgentState:
     ringing_elapsed_seconds: Sequence[float] = ()
     # Calls answered by a person and waiting for an agent (not yet bridged, not yet abandoned).
     answered_waiting: int = 0
+    # Per agent whose call has ended and who is in wrap-up: seconds until the known release (call end
+    # + wrap-up). None: the caller cannot tell wrap-up from talk, and busy_elapsed_seconds holds every
+    # busy agent. A sequence (even empty): busy_elapsed_seconds holds only the agents still talking.
+    wrap_up_remaining_seconds: Sequence[float] | None = None
 
     def __post_init__(self) -> None:
         if self.agents_free < 0 or self.answered_waiting < 0:
             raise ValueError("agents_free and answered_waiting must not be negative")
 
     @property
+    def agents_in_wrap_up(self) -> int:
+        return len(self.wrap_up_remaining_seconds or ())
+
+    @property
+    def agents_busy(self) -> int:
+        return len(self.busy_elapsed_seconds) + self.agents_in_wrap_up
+
+    @property
     def agents_logged_in(self) -> int:
-        return self.agents_free + len(self.busy_elapsed_seconds)
+        return self.agents_free + self.agents_busy
 
 
 @dataclass(frozen=True)
@@ -344,6 +356,10 @@ class _Bucket:
     ring_answered: _Histogram = field(default_factory=lambda: _Histogram(RING_EDGES))
     ring_unanswered: _Histogram = field(default_factory=lambda: _Histogram(RING_EDGES))
     handle: _Histogram = field(default_factory=lambda: _Histogram(HANDLE_EDGES))
+    # Handled calls that reported their wrap-up, and its sum. Separate from handle.total so that a
+    # state saved before wrap-up was recorded reads as "wrap-up unknown", not as "no wrap-up".
+    wrapped: int = 0
+    wrap_total: float = 0.0
 
     _COUNTERS = ("attempts", "answered", "not_answered", "bridged", "abandoned")
 
@@ -351,6 +367,8 @@ class _Bucket:
         return {
             **{name: getattr(self, name) for name in self._COUNTERS},
             "wait_total": round(self.wait_total, 3),
+            "wrapped": self.wrapped,
+            "wrap_total": round(self.wrap_total, 3),
             "ring_answered": _sparse(self.ring_answered.counts),
             "ring_unanswered": _sparse(self.ring_unanswered.counts),
             "handle": _sparse(self.handle.counts),
@@ -362,6 +380,8 @@ class _Bucket:
         for name in cls._COUNTERS:
             setattr(bucket, name, _count(data[name]))
         bucket.wait_total = float(data["wait_total"])
+        bucket.wrapped = _count(data.get("wrapped", 0))
+        bucket.wrap_total = float(data.get("wrap_total", 0.0))
         _unsparse(bucket.ring_answered, data["ring_answered"])
         _unsparse(bucket.ring_unanswered, data["ring_unanswered"])
         _unsparse(bucket.handle, data["handle"])
@@ -454,6 +474,13 @@ class Estimates:
     # free by the time a call dialled now would be answered.
     free_grid: tuple[float, ...]
     free_by_elapsed: tuple[float, ...]
+    # Mean wrap-up of the window's handled calls: an agent still talking is busy at least this long.
+    mean_wrap_up_seconds: float = 0.0
+    # Equal-probability points of the answered ring time: when a call dialled now would be answered.
+    answer_delays: tuple[float, ...] = ()
+    # Per FREE_GRID point and per answer delay: the probability that an agent still talking after
+    # that many seconds is free (talk ended and wrap-up done) by that delay + abandon grace.
+    talking_free_by_elapsed: tuple[tuple[float, ...], ...] = ()
 
     @staticmethod
     def _rate(abandoned: int, answered: int) -> float:
@@ -499,6 +526,17 @@ class Estimates:
         i = bisect_right(grid, busy_elapsed) - 1
         frac = (busy_elapsed - grid[i]) / (grid[i + 1] - grid[i])
         return self.free_by_elapsed[i] + frac * (self.free_by_elapsed[i + 1] - self.free_by_elapsed[i])
+
+    def talking_free_probabilities(self, talk_elapsed: float) -> tuple[float, ...]:
+        """Per answer delay, the chance an agent talking for talk_elapsed s is free by it + grace."""
+        grid, table = self.free_grid, self.talking_free_by_elapsed
+        if talk_elapsed <= 0.0:
+            return table[0]
+        if talk_elapsed >= grid[-1]:
+            return table[-1]
+        i = bisect_right(grid, talk_elapsed) - 1
+        frac = (talk_elapsed - grid[i]) / (grid[i + 1] - grid[i])
+        return tuple(a + frac * (b - a) for a, b in zip(table[i], table[i + 1], strict=True))
 
 
 class Estimator:
@@ -564,7 +602,10 @@ class Estimator:
 
     def handled(self, now: float, talk_seconds: float, wrap_up_seconds: float = 0.0) -> None:
         """An agent is free again after talk_seconds of talk and wrap_up_seconds of after-call work."""
-        self._bucket(now).handle.add(talk_seconds + wrap_up_seconds)
+        bucket = self._bucket(now)
+        bucket.handle.add(talk_seconds + wrap_up_seconds)
+        bucket.wrapped += 1
+        bucket.wrap_total += wrap_up_seconds
 
     def _push_recent(self, outcome: str) -> None:
         self._recent = (self._recent + outcome)[-self.settings.emergency_window_answered :]
@@ -584,6 +625,8 @@ class Estimator:
                 for name in _Bucket._COUNTERS:
                     setattr(window, name, getattr(window, name) + getattr(bucket, name))
                 window.wait_total += bucket.wait_total
+                window.wrapped += bucket.wrapped
+                window.wrap_total += bucket.wrap_total
                 window.ring_answered.merge(bucket.ring_answered)
                 window.ring_unanswered.merge(bucket.ring_unanswered)
                 window.handle.merge(bucket.handle)
@@ -593,7 +636,10 @@ class Estimator:
         ring_u = _Cdf(window.ring_unanswered)
         handle = _Cdf(window.handle, _censored_masses(window.handle, in_progress))
         answer_table = _answer_table(hit_rate, ring_a, ring_u)
-        free_table = _free_table(ring_a, handle, self.settings.abandon_after_seconds)
+        grace = self.settings.abandon_after_seconds
+        free_table = _free_table(ring_a, handle, grace)
+        wrap = window.wrap_total / window.wrapped if window.wrapped else 0.0
+        delays = _answer_delays(ring_a)
         answered_24h, abandoned_24h = self._ledger_24h.totals(now)
         answered_30d, abandoned_30d = self._ledger_30d.totals(now)
         return Estimates(
@@ -617,6 +663,9 @@ class Estimator:
             answer_by_elapsed=answer_table,
             free_grid=FREE_GRID,
             free_by_elapsed=free_table,
+            mean_wrap_up_seconds=wrap,
+            answer_delays=delays,
+            talking_free_by_elapsed=_talking_free_table(delays, handle, grace, wrap),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -727,6 +776,42 @@ def _free_table(ring_a: _Cdf, handle: _Cdf, grace: float) -> tuple[float, ...]:
     return tuple(table)
 
 
+def _answer_delays(ring_a: _Cdf) -> tuple[float, ...]:
+    """When a call dialled now would be answered: _RING_POINTS equal-probability ring times."""
+    if not ring_a.total:
+        return (10.0,)
+    return tuple(ring_a.quantile((k + 0.5) / _RING_POINTS) for k in range(_RING_POINTS))
+
+
+def _talking_free_table(
+    delays: Sequence[float], handle: _Cdf, grace: float, wrap: float
+) -> tuple[tuple[float, ...], ...]:
+    """Per elapsed talk time x on FREE_GRID and answer delay t: P(free by t + grace | still talking).
+
+    Still talking after x means a handle time (talk + wrap-up) above x + wrap, and the agent is free
+    once talk and wrap-up are both over: within a horizon shorter than the wrap-up, never.
+    """
+    if not handle.total:
+        return tuple(tuple(0.0 for _ in delays) for _ in FREE_GRID)
+    mean_talk = max(handle.mean - wrap, 1.0)
+    table = []
+    for x in FREE_GRID:
+        floor = handle(x + wrap)
+        survive = 1.0 - floor
+        row = []
+        for t in delays:
+            horizon = t + grace
+            if horizon <= wrap:
+                row.append(0.0)
+            elif survive > 1e-3:
+                row.append(min(1.0, max(0.0, (handle(x + horizon) - floor) / survive)))
+            else:
+                # Past nearly every observed call: assume a memoryless remainder of a typical talk.
+                row.append(1.0 - math.exp(-(horizon - wrap) / mean_talk))
+        table.append(tuple(row))
+    return tuple(table)
+
+
 def _correction(settings: PacingSettings, est: Estimates) -> float:
     """Multiplier on the accepted per-line risk, from measured abandonment vs the aim.
 
@@ -754,21 +839,25 @@ def _normal_cdf(x: float) -> float:
     return 0.5 * math.erfc(-x / math.sqrt(2.0))
 
 
-def _lines_within_risk(mean: float, var: float, hit_rate: float, risk: float, ceiling: int) -> int:
+def _lines_within_risk(scenarios: Sequence[tuple[float, float, float]], risk: float, ceiling: int) -> int:
     """The most new lines such that each one, if answered, finds an agent with probability >= 1 - risk.
 
-    With D = agents free in time - other answers (normal approximation: `mean`, `var` before any
-    new line; each new line adds hit_rate to the answers and hit_rate(1 - hit_rate) to the variance),
-    line m + 1 is abandoned if answered when D <= 0 after m new lines.
+    With D = agents free in time - other answers (normal approximation: per scenario a mean and a
+    variance before any new line; each new line adds hit_rate to the answers and
+    hit_rate(1 - hit_rate) to the variance), line m + 1 is abandoned if answered when D <= 0 after m
+    new lines. Scenarios are equally likely (the answer delays), and the risk is their average.
     """
 
-    def line_risk(m: int) -> float:
+    def scenario_risk(mean: float, var: float, hit_rate: float, m: int) -> float:
         d_mean = mean - m * hit_rate
         d_var = var + m * hit_rate * (1.0 - hit_rate)
         if d_var <= 1e-12:
             return 0.0 if d_mean >= 0.5 else 1.0
         # Continuity correction: D is an integer, "D <= 0" is "D < 0.5".
         return _normal_cdf((0.5 - d_mean) / math.sqrt(d_var))
+
+    def line_risk(m: int) -> float:
+        return sum(scenario_risk(mean, var, hit, m) for mean, var, hit in scenarios) / len(scenarios)
 
     lo, hi = 0, ceiling
     if risk <= 0.0 or line_risk(0) > risk:
@@ -797,7 +886,7 @@ def _warm_up(
     """
     prior = WARM_UP_PRIOR_ATTEMPTS
     agents = state.agents_logged_in
-    busy = len(state.busy_elapsed_seconds)
+    busy = state.agents_busy
     outstanding = len(state.ringing_elapsed_seconds) + state.answered_waiting
     ceiling = max(0, math.floor(settings.max_dial_ratio * agents + 1e-9) - busy - outstanding)
     if not prior or state.agents_free == 0:
@@ -808,15 +897,47 @@ def _warm_up(
     answers_mean = state.answered_waiting + ringing * hit
     answers_var = ringing * hit * (1.0 - hit)
     risk = min(0.5, settings.max_abandon_rate * settings.base_risk_factor)
-    wanted = _lines_within_risk(state.agents_free - answers_mean, answers_var, hit, risk, ceiling + 1)
+    wanted = _lines_within_risk([(state.agents_free - answers_mean, answers_var, hit)], risk, ceiling + 1)
     new = min(max(progressive, wanted), max(progressive, ceiling))
     return result(new, "warm_up", float(state.agents_free), answers_mean, 1.0)
+
+
+def _free_in_time(state: AgentState, est: Estimates, grace: float) -> list[tuple[float, float]]:
+    """Agents free in time for a call dialled now, as (mean, variance) per answer-delay scenario.
+
+    When the caller tells wrap-up from talk, the delay until the new call is answered is a scenario
+    (one per answer delay) rather than averaged into each agent: an agent in wrap-up is then free
+    in time or not for certain, and one still talking must finish its talk and its whole wrap-up
+    within the delay + grace, which for delays shorter than the wrap-up it cannot. Otherwise every
+    busy agent's chance is averaged over the delay (one scenario), as elapsed handle time allows.
+    """
+    if state.wrap_up_remaining_seconds is None or not est.answer_delays:
+        mean = float(state.agents_free)
+        var = 0.0
+        for elapsed in state.busy_elapsed_seconds:
+            g = est.free_probability(elapsed)
+            mean += g
+            var += g * (1.0 - g)
+        return [(mean, var)]
+    wrap_up = state.wrap_up_remaining_seconds
+    delays = est.answer_delays
+    means = [float(state.agents_free)] * len(delays)
+    variances = [0.0] * len(delays)
+    for remaining in wrap_up:
+        for k, t in enumerate(delays):
+            if remaining <= t + grace:
+                means[k] += 1.0
+    for elapsed in state.busy_elapsed_seconds:
+        for k, g in enumerate(est.talking_free_probabilities(elapsed)):
+            means[k] += g
+            variances[k] += g * (1.0 - g)
+    return list(zip(means, variances, strict=True))
 
 
 def decide(settings: PacingSettings, state: AgentState, est: Estimates) -> Decision:
     """How many calls to start now. Pure: the same inputs always give the same decision."""
     agents = state.agents_logged_in
-    busy = len(state.busy_elapsed_seconds)
+    busy = state.agents_busy
     ringing = len(state.ringing_elapsed_seconds)
     outstanding = ringing + state.answered_waiting
 
@@ -861,12 +982,8 @@ def decide(settings: PacingSettings, state: AgentState, est: Estimates) -> Decis
 
     # Agents free in time for a call dialled now, and live answers still to come from lines already
     # out: sums of independent Bernoulli variables, carried as mean and variance.
-    free_mean = float(state.agents_free)
-    free_var = 0.0
-    for elapsed in state.busy_elapsed_seconds:
-        g = est.free_probability(elapsed)
-        free_mean += g
-        free_var += g * (1.0 - g)
+    free = _free_in_time(state, est, settings.abandon_after_seconds)
+    free_mean = sum(mean for mean, _ in free) / len(free)
     answers_mean = float(state.answered_waiting)
     answers_var = 0.0
     for elapsed in state.ringing_elapsed_seconds:
@@ -877,7 +994,8 @@ def decide(settings: PacingSettings, state: AgentState, est: Estimates) -> Decis
     risk = min(0.5, limit * settings.base_risk_factor * corr)
     ceiling = max(0, math.floor(settings.max_dial_ratio * agents + 1e-9) - busy - outstanding)
     hit_rate = max(est.hit_rate, 0.01)
-    wanted = _lines_within_risk(free_mean - answers_mean, free_var + answers_var, hit_rate, risk, ceiling + 1)
+    scenarios = [(mean - answers_mean, var + answers_var, hit_rate) for mean, var in free]
+    wanted = _lines_within_risk(scenarios, risk, ceiling + 1)
     new = max(progressive, wanted)
     if new > ceiling:
         return result(max(progressive, ceiling), "max_ratio", free_mean, answers_mean, corr)

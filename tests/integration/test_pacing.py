@@ -296,3 +296,21 @@ async def test_the_outcome_webhook_says_whether_the_call_was_abandoned(conn: asy
     }
     assert events[str(a)]["abandoned"] is True and events[str(a)]["abandoned_at"] is not None
     assert events[str(b)]["abandoned"] is False and events[str(b)]["bridged_at"] is None
+
+
+async def test_the_tick_sees_an_agent_in_wrap_up_until_its_release(conn: asyncpg.Connection) -> None:
+    """Once a bridged call ends, the busy agents the tick reads carry the release (end + wrap-up),
+    and the controller's view has that agent in wrap-up, not talking."""
+    cid = await agent_campaign(conn, agents=2, wrap_up_seconds=10.0)
+    a, b = await claim(conn, cid, 2, at(0))
+    await answer(conn, [a, b], at(5))
+    await pacer.bridge(conn, cid, at(5))
+    await end(conn, a, Outcome.ANSWERED_HUMAN, at(65))
+    busy = [(r["bridged_at"], r["agent_released_at"]) for r in await conn.fetch(Q.pacing_busy, cid, at(70))]
+    state = pacer.agent_state([], busy, 2, at(70))
+    assert state.wrap_up_remaining_seconds == (5.0,)
+    assert state.busy_elapsed_seconds == (65.0,)
+    assert state.agents_free == 0
+    # Released: only the agent still talking is busy.
+    later = await conn.fetch(Q.pacing_busy, cid, at(76))
+    assert [(r["bridged_at"], r["agent_released_at"]) for r in later] == [(at(5), None)]

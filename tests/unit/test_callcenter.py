@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import datetime as dt
 import math
 import statistics
 import time
@@ -8,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from dialer.pacer import pacing_settings
+from dialer.pacer import agent_state, pacing_settings
 from dialer.simulator import SimulatorConfig, SimulatorState
 from scheduler.callcenter import (
     FAST_FAIL_SECONDS,
@@ -148,3 +149,24 @@ def test_oracle_bounds_the_real_controller() -> None:
     assert bold.abandon_rate > careful.abandon_rate and bold.occupancy >= careful.occupancy
     with pytest.raises(ValueError, match="risk"):
         simulate_oracle(HOUR_20_AGENTS, PREDICTIVE, risk=0.0)
+
+
+def test_worker_agent_state_tells_wrap_up_from_talk() -> None:
+    """A busy agent whose call ended is reported in wrap-up until agent_released_at; the rest talk."""
+    now = dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.UTC)
+    ago = [now - dt.timedelta(seconds=s) for s in (100, 60, 30)]
+    rows = [{"state": "ringing", "claimed_at": ago[2], "bridged_at": None, "abandoned_at": None}]
+    busy = [(ago[0], now + dt.timedelta(seconds=4)), (ago[2], None)]
+    state = agent_state(rows, busy, 5, now)
+    assert state.wrap_up_remaining_seconds == (4.0,)
+    assert state.busy_elapsed_seconds == (30.0,)
+    assert state.ringing_elapsed_seconds == (30.0,)
+    assert state.agents_free == 3 and state.agents_logged_in == 5
+
+
+def test_wrap_up_state_raises_occupancy_at_the_same_abandonment() -> None:
+    """Told which agents are in wrap-up, the controller keeps agents busier within the 3% limit."""
+    told = run(HOUR_20_AGENTS, PREDICTIVE)
+    blind = run(replace(HOUR_20_AGENTS, report_wrap_up=False), PREDICTIVE)
+    assert told.occupancy > blind.occupancy + 0.01
+    assert told.abandon_rate <= 0.03

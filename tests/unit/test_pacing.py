@@ -426,3 +426,42 @@ def test_calls_in_progress_correct_the_handle_time_for_censoring() -> None:
     # pace() passes the busy agents' elapsed times.
     s = state(free=1, busy=(400.0,) * 20)
     assert pace(PREDICTIVE, s, est, now) == decide(PREDICTIVE, s, est.estimates(now, s.busy_elapsed_seconds))
+
+
+def test_mean_wrap_up_is_learned_and_an_older_state_reads_as_unknown() -> None:
+    """Handled calls teach the wrap-up length; a saved state without it loads as no wrap-up known."""
+    est, now = warmed()
+    assert est.estimates(now).mean_wrap_up_seconds == pytest.approx(10.0)
+    data = json.loads(json.dumps(est.to_dict()))
+    assert Estimator.from_dict(data, PREDICTIVE).estimates(now) == est.estimates(now)
+    for bucket in data["buckets"].values():
+        del bucket["wrapped"], bucket["wrap_total"]
+    assert Estimator.from_dict(data, PREDICTIVE).estimates(now).mean_wrap_up_seconds == 0.0
+
+
+def test_an_agent_still_talking_is_not_free_before_its_wrap_up_is_done() -> None:
+    """With 10 s of wrap-up and answers after 8-9 s (+ 2 s grace), a talking agent is barely in time."""
+    est, now = warmed()  # handle 120 s = 110 s talk + 10 s wrap-up; answers after 8-9 s (one bin)
+    e = est.estimates(now)
+    # Time since bridge alone: 112 s in, the agent might be well into its wrap-up already.
+    talking = e.talking_free_probabilities(112.0)
+    assert e.free_probability(112.0) > 0.1 > 4 * sum(talking) / len(talking)
+    assert talking[0] < 0.005  # answered after 8.06 s: 0.06 s for the talk to end, 1 s bins
+    on_calls = AgentState(agents_free=0, busy_elapsed_seconds=(112.0,) * 20, wrap_up_remaining_seconds=())
+    assert decide(PREDICTIVE, on_calls, e).new_attempts == 0
+
+
+def test_agents_in_wrap_up_are_counted_free_at_their_known_release() -> None:
+    """An agent released within the answer delay + grace is counted on; one released later is not."""
+    est, now = warmed()
+    e = est.estimates(now)
+    soon = AgentState(agents_free=0, busy_elapsed_seconds=(30.0,) * 17, wrap_up_remaining_seconds=(1.0,) * 3)
+    late = AgentState(agents_free=0, busy_elapsed_seconds=(30.0,) * 17, wrap_up_remaining_seconds=(15.0,) * 3)
+    d_soon, d_late = decide(PREDICTIVE, soon, e), decide(PREDICTIVE, late, e)
+    assert soon.agents_logged_in == 20 and soon.agents_busy == 20
+    assert d_soon.reason == "predictive" and d_soon.expected_free_agents == pytest.approx(3.0, abs=0.01)
+    assert d_soon.new_attempts is not None and d_soon.new_attempts >= 3
+    assert d_late.new_attempts == 0 and d_late.expected_free_agents < 0.01
+    # Time since bridge alone (122 s into calls that end at 120 s) bets on the agents released in 15 s.
+    blind = decide(PREDICTIVE, state(busy=(30.0,) * 17 + (122.0,) * 3), e)
+    assert blind.new_attempts is not None and blind.new_attempts > 0
