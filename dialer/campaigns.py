@@ -335,9 +335,7 @@ async def _merge(
 ) -> int:
     added = 0
     async with conn.transaction():
-        # Each batch is merged in line order (the first copy of a duplicate wins): at the default
-        # 4 MB of work_mem that sort spills to disk.
-        await conn.execute("SET LOCAL work_mem = '64MB'")
+        await conn.execute(Q.stage_work_mem)
         await conn.execute(Q.stage_create)
         async for batch in batches:
             await conn.copy_records_to_table("dialer_stage", records=batch, columns=_STAGE_COLUMNS)
@@ -345,7 +343,7 @@ async def _merge(
             # merging each batch as it arrives is what lets the next one be parsed meanwhile.
             status = await conn.execute(Q.stage_merge, campaign_id, now)
             added += int(status.split()[-1])
-            await conn.execute("TRUNCATE dialer_stage")
+            await conn.execute(Q.stage_clear)
         if added:
             await conn.execute(Q.reopen_finished, campaign_id, now)
     return added
