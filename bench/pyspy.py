@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import re
 import shutil
 import signal
@@ -76,7 +77,7 @@ class Profiler:
                 "100",
                 "--format",
                 "raw",
-                "--nonblocking",
+                *(["--native"] if os.environ.get("BENCH_PYSPY_NATIVE") else ["--nonblocking"]),
                 "--output",
                 str(out),
             ]

@@ -71,7 +71,7 @@ def machine_facts(server: Server, quick: bool) -> list[tuple[str, str]]:
 
 def table(figures: list[Figure]) -> str:
     rows = [
-        "| # | figure | measured | target | meets | ÷ bare http (1a) | notes |",
+        "| # | figure | measured | target | meets | ÷ ceiling | notes |",
         "|---|---|---|---|---|---|---|",
     ]
     for f in figures:
@@ -114,8 +114,11 @@ async def main_async(args: argparse.Namespace) -> int:
         if "bare" in wanted:
             await step("bare", lambda: bare.run(ctx))
         bare_http = next((f.value for f in figures if f.number == "1a"), None)
+        bare_sim = next((f.value for f in figures if f.number == "1d"), None)
         if "dispatch" in wanted:
-            await step("dispatch", lambda: dialer_loop.dispatch(ctx, bare_http, profile=args.profile))
+            await step(
+                "dispatch", lambda: dialer_loop.dispatch(ctx, bare_http, bare_sim, profile=args.profile)
+            )
         if "full" in wanted:
             for n in (1, 2):
 

@@ -112,10 +112,11 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from dialer.runtime import database, install_uvloop, migrate, run_worker
+    from dialer.runtime import database, install_uvloop, migrate, run_worker, tune_gc
 
     settings = _settings(args)
     install_uvloop()
+    tune_gc()
 
     async def go() -> None:
         async with database(settings) as dsn:

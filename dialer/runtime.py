@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import sys
@@ -27,6 +28,31 @@ def install_uvloop() -> None:
         import uvloop
 
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+def tune_gc() -> None:
+    """Take the cyclic garbage collector off the per-call path of a long-running worker process.
+
+    Each start request allocates a few hundred container objects (aiohttp request, response,
+    timers, the task) that live until its response, so every automatic young collection re-walked
+    the whole in-flight set: 12.6% of worker samples were in gc_collect_main (py-spy --native,
+    dispatch), and still 8% with a 10,000 threshold. Instead: what exists after start-up is frozen
+    (never walked again), automatic collection is off, and `collect_garbage` runs the young and
+    middle generations once a second and a full collection once a minute. Reference counting
+    still frees almost everything at once; only cycles wait, for at most a second.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.disable()
+
+
+async def collect_garbage(every_seconds: float = 1.0, full_every: int = 60) -> None:
+    """The collector's schedule once `tune_gc` has turned automatic collection off."""
+    n = 0
+    while True:
+        await asyncio.sleep(every_seconds)
+        n += 1
+        gc.collect(2 if n % full_every == 0 else 1)
 
 
 @contextlib.asynccontextmanager
@@ -67,9 +93,13 @@ async def run_worker(
     site = web.TCPSite(runner, settings.http_host, settings.http_port, shutdown_timeout=1.0)
     await site.start()
     log.info("worker %s serving on %s:%s", worker.id, settings.http_host, settings.http_port)
+    # Automatic collection turned off by tune_gc (the CLI's worker process): collect on a schedule.
+    collector = None if gc.isenabled() else asyncio.create_task(collect_garbage())
     try:
         await worker.run(stop, close_http=runner.cleanup)
     finally:
+        if collector is not None:
+            collector.cancel()
         await runner.cleanup()
         for provider in accounts.values():
             await provider.close()

@@ -118,7 +118,7 @@ class Settings:
     max_inflight_requests: int = field(
         default=200,
         metadata={
-            "doc": "Start requests in flight per worker; the claim never takes more than the free slots."
+            "doc": "Start requests in flight per worker; claims run at most one claim batch ahead of free slots."
         },
     )
     claim_batch_size: int = field(default=100, metadata={"doc": "Most attempts one claim statement takes."})

@@ -394,6 +394,26 @@ async def test_abandoned_call_locks_the_phone_out_of_every_campaign(conn: asyncp
     assert a
 
 
+async def test_lockout_ends_with_its_period_and_binds_only_its_phone(conn: asyncpg.Connection) -> None:
+    """The claim skips the per-number look-up unless an abandonment is recent (migration 0013): a
+    recent one holds only its own phone, and one past the lockout holds nothing."""
+    await campaign(conn, [NY], name="a")
+    rows = await claim(conn, NOW)
+    await end(conn, rows, Outcome.ANSWERED_HUMAN, NOW + dt.timedelta(seconds=40))
+    abandoned = NOW + dt.timedelta(seconds=12)
+    await conn.execute("UPDATE dialer_attempt SET abandoned_at = $1", abandoned)
+    soon = NOW + dt.timedelta(hours=1)
+    other = "+12125550123"
+    b = await campaign(conn, [NY, other], name="b", now=soon)
+    assert [r["phone"] for r in await claim(conn, soon)] == [other]
+    assert (await number(conn, b, NY))["held_reason"] == "abandon_lockout"
+    # 72 h after the abandonment the phone is free again, for the held number and a new campaign.
+    free = abandoned + dt.timedelta(hours=72, seconds=1)
+    await campaign(conn, [NY], name="c", now=free)
+    got = await claim(conn, free)
+    assert sorted((r["campaign"], r["phone"]) for r in got) == [("b", NY), ("c", NY)]
+
+
 # ---------------------------------------------------------------- outcomes
 
 

@@ -1,0 +1,119 @@
+"""One claim over many campaigns (migration 0013): each campaign's dialable numbers are dialed by one
+statement after the walk, so these pin down that every row still carries its own campaign's
+settings and that each campaign's limits, budget and bookkeeping hold as when it was dialed alone."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+
+import asyncpg
+
+from dialer.sql import Q
+from tests.factories import NOW, add_numbers, make_campaign, open_window
+
+WORKER = uuid.uuid4()
+
+
+async def claim(conn: asyncpg.Connection, now: dt.datetime, limit: int = 100) -> list[asyncpg.Record]:
+    return list(await conn.fetch(Q.claim, WORKER, limit, now, 30, []))
+
+
+async def test_each_row_carries_its_own_campaigns_settings(conn: asyncpg.Connection) -> None:
+    """Three campaigns with different providers, ring timeouts, caller ids and rates in one claim."""
+    specs = {
+        "a": {
+            "provider": "alpha",
+            "ring_timeout_seconds": 20,
+            "caller_id": "+14155550100",
+            "max_calls_per_second": 3,
+        },
+        "b": {
+            "provider": "beta",
+            "ring_timeout_seconds": 45,
+            "caller_id": "+12125550199",
+            "max_calls_per_second": 5,
+        },
+        "c": {"provider": "gamma", "ring_timeout_seconds": 60, "caller_id": None, "max_calls_per_second": 2},
+    }
+    ids = {}
+    for i, (name, spec) in enumerate(specs.items()):
+        row = await make_campaign(conn, name=name, **spec)
+        await add_numbers(conn, row["id"], 10, offset=100 * i)
+        await open_window(conn, row["id"])
+        ids[name] = row["id"]
+
+    rows = await claim(conn, NOW)
+
+    by_campaign: dict[str, list[asyncpg.Record]] = {}
+    for r in rows:
+        by_campaign.setdefault(r["campaign"], []).append(r)
+    assert {name: len(rs) for name, rs in by_campaign.items()} == {"a": 3, "b": 5, "c": 2}
+    for name, rs in by_campaign.items():
+        spec = specs[name]
+        for r in rs:
+            assert r["campaign_id"] == ids[name]
+            assert (r["provider"], r["ring_timeout_seconds"], r["caller_id"]) == (
+                spec["provider"],
+                spec["ring_timeout_seconds"],
+                spec["caller_id"],
+            )
+            assert r["attempt_no"] == 1
+    # The attempts and numbers written match what was returned, campaign by campaign.
+    attempts = await conn.fetch(
+        "SELECT a.id, a.campaign_id, a.provider, a.state, a.deadline_at, n.campaign_id AS number_campaign,"
+        "       n.status, n.dials"
+        "  FROM dialer_attempt a JOIN dialer_number n ON n.id = a.number_id"
+    )
+    assert {a["id"] for a in attempts} == {r["attempt_id"] for r in rows}
+    timeout = {name: spec["ring_timeout_seconds"] for name, spec in specs.items()}
+    for a in attempts:
+        name = next(n for n, i in ids.items() if i == a["campaign_id"])
+        assert a["number_campaign"] == a["campaign_id"]
+        assert (a["provider"], a["state"], a["status"], a["dials"]) == (
+            specs[name]["provider"],
+            "dialing",
+            "in_progress",
+            1,
+        )
+        assert a["deadline_at"] == NOW + dt.timedelta(seconds=30 + timeout[name])
+    # Every campaign served was marked served; the next claim in the same second takes nothing.
+    served = await conn.fetch("SELECT name, last_claimed_at FROM dialer_campaign ORDER BY name")
+    assert [(r["name"], r["last_claimed_at"]) for r in served] == [("a", NOW), ("b", NOW), ("c", NOW)]
+    assert await claim(conn, NOW + dt.timedelta(milliseconds=500)) == []
+
+
+async def test_a_short_claim_stops_mid_walk_and_marks_only_the_campaigns_it_served(
+    conn: asyncpg.Connection,
+) -> None:
+    """A claim of 7 over campaigns allowing 3 each takes 3, 3 and 1; the untouched campaign is first next time."""
+    for i, name in enumerate(("a", "b", "c", "d")):
+        row = await make_campaign(conn, name=name, max_calls_per_second=3)
+        await add_numbers(conn, row["id"], 10, offset=100 * i)
+        await open_window(conn, row["id"])
+    rows = await claim(conn, NOW, limit=7)
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r["campaign"]] = counts.get(r["campaign"], 0) + 1
+    assert sorted(counts.values()) == [1, 3, 3]
+    untouched = await conn.fetchval("SELECT name FROM dialer_campaign WHERE last_claimed_at IS NULL")
+    assert untouched not in counts
+    nxt = await claim(conn, NOW + dt.timedelta(seconds=1), limit=3)
+    assert {r["campaign"] for r in nxt} == {untouched}
+
+
+async def test_agent_budgets_are_spent_per_campaign(conn: asyncpg.Connection) -> None:
+    """Two agent campaigns granted 4 and 2 dial 4 and 2 in one claim, and their budgets drop to 0."""
+    for i, (name, budget) in enumerate((("p", 4), ("q", 2))):
+        row = await make_campaign(conn, name=name, pacing_mode="progressive", agents_logged_in=5)
+        await add_numbers(conn, row["id"], 10, offset=100 * i)
+        await open_window(conn, row["id"])
+        await conn.execute("UPDATE dialer_campaign SET pacing_budget = $2 WHERE id = $1", row["id"], budget)
+    rows = await claim(conn, NOW)
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r["campaign"]] = counts.get(r["campaign"], 0) + 1
+    assert counts == {"p": 4, "q": 2}
+    budgets = await conn.fetch("SELECT name, pacing_budget FROM dialer_campaign ORDER BY name")
+    assert [(r["name"], r["pacing_budget"]) for r in budgets] == [("p", 0), ("q", 0)]
+    assert await claim(conn, NOW + dt.timedelta(seconds=5)) == []
