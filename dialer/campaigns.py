@@ -7,7 +7,8 @@ import contextlib
 import datetime as dt
 import itertools
 import re
-from collections.abc import AsyncIterable, AsyncIterator, Iterable
+import sys
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
@@ -307,9 +308,10 @@ async def enqueue(
     async def batches() -> AsyncIterator[list[_StageRecord]]:
         ahead = asyncio.ensure_future(asyncio.to_thread(take))
         try:
-            while batch := await ahead:
-                ahead = asyncio.ensure_future(asyncio.to_thread(take))
-                yield batch
+            with _short_gil_slices():
+                while batch := await ahead:
+                    ahead = asyncio.ensure_future(asyncio.to_thread(take))
+                    yield batch
         finally:
             # A failed merge leaves one chunk being parsed: the caller's iterator must not be
             # running in a thread once we return (it may write to the caller's lists).
@@ -318,6 +320,34 @@ async def enqueue(
                     await asyncio.shield(ahead)
 
     return await _merge(conn, campaign_id, batches(), now)
+
+
+_overlapping = 0  # enqueues in this process now parsing in a thread (the API can run several)
+_previous_switch = 0.0
+_SWITCH_SECONDS = 0.0005
+
+
+@contextlib.contextmanager
+def _short_gil_slices() -> Iterator[None]:
+    """Hand the GIL back to the event loop within 0.5 ms instead of 5 ms while a parse thread runs.
+
+    The COPY and the merge need the event loop thread only briefly, but every time it wakes it
+    waits for the parse thread to give up the GIL: at the default 5 ms interval, dozens of waits per
+    chunk serialised the two sides again (1M rows: 17.4 s for the database part alone, 21.1 s end
+    to end with parsing that takes 3.9 s on its own). With 0.5 ms: 300,000 rows end to end went
+    from 52,000 to 65,000 rows/s, against 66,000-69,000 rows/s for the database part alone.
+    """
+    global _overlapping, _previous_switch
+    if _overlapping == 0:
+        _previous_switch = sys.getswitchinterval()
+        sys.setswitchinterval(min(_SWITCH_SECONDS, _previous_switch))
+    _overlapping += 1
+    try:
+        yield
+    finally:
+        _overlapping -= 1
+        if _overlapping == 0:
+            sys.setswitchinterval(_previous_switch)
 
 
 _StageRecord: TypeAlias = tuple[int, str, "str | None", "str | None", int, Any, "list[str] | None"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import inspect
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -221,3 +222,27 @@ async def test_a_failed_load_leaves_no_thread_reading_the_rows(conn: asyncpg.Con
     assert inspect.getgeneratorstate(source) != inspect.GEN_RUNNING
     assert read == 1  # the one chunk parsed ahead, and no more
     assert await _count(conn) == 0
+
+
+async def test_the_parse_thread_runs_with_short_gil_slices_and_restores_them(
+    conn: asyncpg.Connection,
+) -> None:
+    """While rows are parsed in a thread the interpreter switches threads every 0.5 ms (so the event
+    loop is not starved between COPY writes); afterwards, and after a failed load, it is as before."""
+    camp = await make_campaign(conn, name="gil")
+    before = sys.getswitchinterval()
+    seen: list[float] = []
+
+    def rows(fail: bool) -> Iterator[campaigns.NumberRow]:
+        for i in range(3):
+            seen.append(sys.getswitchinterval())
+            yield campaigns.NumberRow(phone=phone(i))
+        if fail:
+            raise OSError("disk gone")
+
+    assert await campaigns.enqueue(conn, camp["id"], rows(False), NOW) == 3
+    assert seen and all(s <= 0.0005 for s in seen)
+    assert sys.getswitchinterval() == before
+    with pytest.raises(OSError, match="disk gone"):
+        await campaigns.enqueue(conn, camp["id"], rows(True), NOW)
+    assert sys.getswitchinterval() == before
