@@ -99,6 +99,9 @@ class Worker:
         # the next batch is already claimed when slots free up instead of waiting a claim's round
         # trip with its slots reserved and idle (dispatch is bound by that latency, not by CPU).
         self._send_gate = asyncio.Semaphore(settings.max_inflight_requests)
+        # Read at scrape time: a gauge set twice per call cost 2.4% of worker CPU (py-spy, dispatch).
+        metrics.INFLIGHT_REQUESTS.set_function(lambda: len(self._inflight))
+        self._started_by_label: dict[str, Any] = {}  # the started counter's child per campaign label
         self._flush_lock = asyncio.Lock()
         self._listener: asyncpg.pool.PoolConnectionProxy[asyncpg.Record] | None = None
         self._callback_base = settings.callback_base_url + "/callbacks/"
@@ -288,7 +291,6 @@ class Worker:
         for row in rows:
             attempt_id: uuid.UUID = row["attempt_id"]
             self._inflight[attempt_id] = asyncio.create_task(self._dial(row))
-        metrics.INFLIGHT_REQUESTS.set(len(self._inflight))
         return len(rows)
 
     async def _dial(self, row: asyncpg.Record) -> None:
@@ -316,7 +318,10 @@ class Worker:
             async with self._send_gate:
                 await provider.throttle()
                 self._sent.add(attempt_id)
-                metrics.ATTEMPTS_STARTED.labels(campaign).inc()
+                started = self._started_by_label.get(campaign)
+                if started is None:
+                    started = self._started_by_label[campaign] = metrics.ATTEMPTS_STARTED.labels(campaign)
+                started.inc()
                 breaker = self.breakers[provider_name]
                 try:
                     accepted = await provider.start_call(request)
@@ -333,7 +338,6 @@ class Worker:
         finally:
             self._sent.discard(attempt_id)
             del self._inflight[attempt_id]
-            metrics.INFLIGHT_REQUESTS.set(len(self._inflight))
             self._slots_free.set()
 
     def _start_failed(self, attempt_id: uuid.UUID, provider: str, exc: StartError) -> None:
