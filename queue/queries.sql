@@ -78,13 +78,18 @@ SELECT id, time_zone, business_hours
 UPDATE dialer_campaign SET window_opens_at = $2, window_closes_at = $3 WHERE id = $1;
 
 -- name: finish_campaigns
--- "finished" once nothing is left to dial: no number waiting or in flight.
+-- "finished" once nothing is left to dial: no number waiting or in flight. Every test is one index
+-- probe: waiting numbers through the due index, in-flight ones through their live attempt (a
+-- number is in_progress exactly while it has one: the claim and the outcome write both together).
+-- Asking dialer_number for status 'in_progress' had no index to use and read every number of every
+-- running campaign, every second, in every worker: 33 ms a pass at 100,000 numbers.
 UPDATE dialer_campaign c
    SET status = 'finished', status_reason = 'all numbers reached a final state', updated_at = $1::timestamptz
  WHERE c.status = 'running'
    AND EXISTS (SELECT 1 FROM dialer_number n WHERE n.campaign_id = c.id)
    AND NOT EXISTS (SELECT 1 FROM dialer_number n
-                    WHERE n.campaign_id = c.id AND n.status IN ('untried', 'in_progress', 'retry_wait'))
+                    WHERE n.campaign_id = c.id AND n.status IN ('untried', 'retry_wait'))
+   AND NOT EXISTS (SELECT 1 FROM dialer_attempt a WHERE a.campaign_id = c.id AND a.state <> 'ended')
 RETURNING c.id, c.name;
 
 -- name: worker_register

@@ -117,3 +117,40 @@ async def test_agent_budgets_are_spent_per_campaign(conn: asyncpg.Connection) ->
     budgets = await conn.fetch("SELECT name, pacing_budget FROM dialer_campaign ORDER BY name")
     assert [(r["name"], r["pacing_budget"]) for r in budgets] == [("p", 0), ("q", 0)]
     assert await claim(conn, NOW + dt.timedelta(seconds=5)) == []
+
+
+async def test_a_campaign_finishes_only_with_nothing_waiting_or_in_flight(conn: asyncpg.Connection) -> None:
+    """finish_campaigns reads waiting numbers through the due index and calls in flight through
+    their live attempts: a call in flight, or a retry due later, keeps the campaign running."""
+    from dialer.providers.base import CallEvent
+    from dialer.worker import apply_outcomes
+    from scheduler.outcomes import Outcome
+
+    camp = await make_campaign(conn, name="f", max_retries=1)
+    await add_numbers(conn, camp["id"], 1)
+    await open_window(conn, camp["id"])
+
+    async def finished(now: dt.datetime) -> bool:
+        return bool(await conn.fetch(Q.finish_campaigns, now))
+
+    [row] = await claim(conn, NOW)
+    assert not await finished(NOW)  # in flight
+    busy = CallEvent(
+        attempt_id=str(row["attempt_id"]), call_id="c", kind="ended", outcome=Outcome.BUSY, ended_at=NOW
+    )
+    await apply_outcomes(conn, [busy], NOW, 30)
+    assert not await finished(NOW)  # a retry waits for retry_wait_seconds
+    later = NOW + dt.timedelta(minutes=5)
+    [row] = await claim(conn, later)
+    assert not await finished(later)
+    done = CallEvent(
+        attempt_id=str(row["attempt_id"]),
+        call_id="d",
+        kind="ended",
+        outcome=Outcome.ANSWERED_HUMAN,
+        answered_at=later,
+        ended_at=later,
+    )
+    await apply_outcomes(conn, [done], later, 30)
+    assert await finished(later)
+    assert await conn.fetchval("SELECT status FROM dialer_campaign WHERE id = $1", camp["id"]) == "finished"
