@@ -405,6 +405,7 @@ class Worker:
             # One transaction: one WAL flush per batch instead of one per statement, and the
             # outcomes are durable (answered 2xx) only together with the rest.
             async with self.pool.acquire() as conn, conn.transaction():
+                await conn.execute(Q.key_lookups_only)
                 if buffers.release:
                     await conn.execute(Q.release_attempts, buffers.release, now)
                 if buffers.accepted:

@@ -1,6 +1,8 @@
-"""One claim over many campaigns (migration 0013): each campaign's dialable numbers are dialed by one
-statement after the walk, so these pin down that every row still carries its own campaign's
-settings and that each campaign's limits, budget and bookkeeping hold as when it was dialed alone."""
+"""The claim and the flush at scale (migration 0013). One claim over many campaigns dials every
+campaign's numbers with one statement after the walk, so these pin down that each row still carries
+its own campaign's settings and that each campaign's limits, budget and bookkeeping hold as when it
+was dialed alone; that finishing a campaign reads indexes only; and that the flush finds attempts by
+key whatever statistics its cached plans were made with."""
 
 from __future__ import annotations
 
@@ -154,3 +156,37 @@ async def test_a_campaign_finishes_only_with_nothing_waiting_or_in_flight(conn: 
     await apply_outcomes(conn, [done], later, 30)
     assert await finished(later)
     assert await conn.fetchval("SELECT status FROM dialer_campaign WHERE id = $1", camp["id"]) == "finished"
+
+
+async def _attempt_seq_scans(conn: asyncpg.Connection) -> int:
+    await conn.execute("SELECT pg_stat_force_next_flush()")
+    await conn.execute("SELECT pg_stat_clear_snapshot()")
+    n: int = await conn.fetchval("SELECT seq_scan FROM pg_stat_user_tables WHERE relname = 'dialer_attempt'")
+    return n
+
+
+async def test_flushes_find_attempts_by_key_whatever_the_statistics(conn: asyncpg.Connection) -> None:
+    """A worker's connection keeps generic plans made when dialer_attempt was small; the flush's
+    statements and dialer_record_outcomes must still find attempts by key, not scan the table."""
+    from dialer.providers.base import CallEvent
+    from dialer.worker import apply_outcomes
+    from scheduler.outcomes import Outcome
+
+    await conn.execute("SET plan_cache_mode = force_generic_plan")  # what 5 executions lead to
+    camp = await make_campaign(conn, name="k")
+    await add_numbers(conn, camp["id"], 50)
+    await open_window(conn, camp["id"])
+    rows = await claim(conn, NOW)
+    ids = [r["attempt_id"] for r in rows]
+    before = await _attempt_seq_scans(conn)
+    async with conn.transaction():
+        await conn.execute(Q.key_lookups_only)
+        await conn.execute(Q.mark_accepted, ids, [f"call-{i}" for i in range(len(ids))])
+        await conn.execute(Q.mark_answered, ids[:10], [NOW] * 10, [None] * 10)
+        events = [
+            CallEvent(attempt_id=str(i), call_id=None, kind="ended", outcome=Outcome.NO_ANSWER, ended_at=NOW)
+            for i in ids
+        ]
+        await apply_outcomes(conn, events, NOW, 30)
+    assert await _attempt_seq_scans(conn) == before
+    assert await conn.fetchval("SELECT count(*) FROM dialer_attempt WHERE state = 'ended'") == 50
