@@ -593,7 +593,8 @@ class Worker:
 
     async def _sweep_batch(self) -> int:
         now = self.clock.now()
-        async with self.pool.acquire() as conn:
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(Q.key_lookups_only)  # the lease update finds attempts by id (see the query)
             rows = await conn.fetch(Q.take_overdue, _SWEEP_BATCH, now, _SWEEP_LEASE_SECONDS)
         if not rows:
             return 0
@@ -607,7 +608,8 @@ class Worker:
                 await self._reconcile(row, now, grace, release, deadlines)
 
         await asyncio.gather(*(reconcile(row) for row in rows))
-        async with self.pool.acquire() as conn:
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(Q.key_lookups_only)
             if release:
                 await conn.execute(Q.release_attempts, release, now)
             if deadlines:

@@ -190,3 +190,23 @@ async def test_flushes_find_attempts_by_key_whatever_the_statistics(conn: asyncp
         await apply_outcomes(conn, events, NOW, 30)
     assert await _attempt_seq_scans(conn) == before
     assert await conn.fetchval("SELECT count(*) FROM dialer_attempt WHERE state = 'ended'") == 50
+
+
+async def test_the_sweeper_finds_attempts_by_key_whatever_the_statistics(conn: asyncpg.Connection) -> None:
+    """The sweeper's lease, deadline and release statements, with generic plans, scan nothing."""
+    await conn.execute("SET plan_cache_mode = force_generic_plan")
+    camp = await make_campaign(conn, name="s")
+    await add_numbers(conn, camp["id"], 20)
+    await open_window(conn, camp["id"])
+    ids = [r["attempt_id"] for r in await claim(conn, NOW)]
+    late = NOW + dt.timedelta(hours=1)
+    before = await _attempt_seq_scans(conn)
+    async with conn.transaction():
+        await conn.execute(Q.key_lookups_only)
+        taken = await conn.fetch(Q.take_overdue, 200, late, 30)
+        await conn.execute(Q.release_attempts, ids[:5], late)
+        rest = ids[5:]
+        await conn.execute(Q.set_deadline, rest, [late] * len(rest), [True] * len(rest), [None] * len(rest))
+    assert await _attempt_seq_scans(conn) == before
+    assert len(taken) == 20
+    assert await conn.fetchval("SELECT count(*) FROM dialer_attempt") == 15
