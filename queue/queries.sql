@@ -5,10 +5,10 @@
 SELECT * FROM dialer_claim($1::uuid, $2::integer, $3::timestamptz, $4::integer, $5::text[]);
 
 -- name: key_lookups_only
--- First in the flush's and the sweeper's transactions: every statement after it finds attempts by id. Their plans are
--- cached per connection with the statistics of when they were made; made while dialer_attempt was
--- small (a new database, or ahead of autovacuum's ANALYZE of a fast-growing table), they scanned
--- it whole on every flush, however big it grew.
+-- First in the flush's and the sweeper's transactions: every statement after it finds attempts by
+-- id. Their plans are cached per connection with the statistics of when they were made; made while
+-- dialer_attempt was small (a new database, or ahead of autovacuum's ANALYZE of a fast-growing
+-- table), they scanned it whole on every pass, however big it grew.
 SET LOCAL enable_seqscan = off;
 
 -- name: mark_accepted

@@ -11,7 +11,10 @@ import uuid
 
 import asyncpg
 
+from dialer.providers.base import CallEvent
 from dialer.sql import Q
+from dialer.worker import apply_outcomes
+from scheduler.outcomes import Outcome
 from tests.factories import NOW, add_numbers, make_campaign, open_window
 
 WORKER = uuid.uuid4()
@@ -124,10 +127,6 @@ async def test_agent_budgets_are_spent_per_campaign(conn: asyncpg.Connection) ->
 async def test_a_campaign_finishes_only_with_nothing_waiting_or_in_flight(conn: asyncpg.Connection) -> None:
     """finish_campaigns reads waiting numbers through the due index and calls in flight through
     their live attempts: a call in flight, or a retry due later, keeps the campaign running."""
-    from dialer.providers.base import CallEvent
-    from dialer.worker import apply_outcomes
-    from scheduler.outcomes import Outcome
-
     camp = await make_campaign(conn, name="f", max_retries=1)
     await add_numbers(conn, camp["id"], 1)
     await open_window(conn, camp["id"])
@@ -168,10 +167,6 @@ async def _attempt_seq_scans(conn: asyncpg.Connection) -> int:
 async def test_flushes_find_attempts_by_key_whatever_the_statistics(conn: asyncpg.Connection) -> None:
     """A worker's connection keeps generic plans made when dialer_attempt was small; the flush's
     statements and dialer_record_outcomes must still find attempts by key, not scan the table."""
-    from dialer.providers.base import CallEvent
-    from dialer.worker import apply_outcomes
-    from scheduler.outcomes import Outcome
-
     await conn.execute("SET plan_cache_mode = force_generic_plan")  # what 5 executions lead to
     camp = await make_campaign(conn, name="k")
     await add_numbers(conn, camp["id"], 50)
