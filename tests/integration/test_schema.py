@@ -224,6 +224,22 @@ async def test_ended_attempts_do_not_block_the_next_one(conn: asyncpg.Connection
     assert await conn.fetchval("SELECT count(*) FROM dialer_attempt WHERE number_id = $1", number_id) == 3
 
 
+async def test_database_refuses_an_attempt_outside_its_numbers_campaign(conn: asyncpg.Connection) -> None:
+    """An attempt's campaign is its number's campaign: the key is (number, campaign), so an attempt
+    filed under another existing campaign is refused, as is one whose number does not exist; and
+    deleting a campaign still removes its attempts, through its numbers."""
+    campaign_id, other = await _campaign(conn), await _campaign(conn)
+    number_id = await _number(conn, campaign_id)
+    with pytest.raises(asyncpg.ForeignKeyViolationError) as info:
+        await _attempt(conn, number_id, other)
+    assert info.value.constraint_name == "dialer_attempt_number_fkey"
+    with pytest.raises(asyncpg.ForeignKeyViolationError):
+        await _attempt(conn, number_id + 1000, campaign_id)
+    await _attempt(conn, number_id, campaign_id)
+    await conn.execute("DELETE FROM dialer_campaign WHERE id = $1", campaign_id)
+    assert await conn.fetchval("SELECT count(*) FROM dialer_attempt") == 0
+
+
 @pytest.mark.parametrize(
     "columns",
     [
