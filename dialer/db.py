@@ -44,6 +44,23 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     """
 
 
+def connection_lost(exc: BaseException) -> bool:
+    """Whether `exc` means the database connection was lost (a blip to retry, not a bug).
+
+    Leaving `conn.transaction()` on a connection that died inside it raises asyncpg's
+    InterfaceError ("the underlying connection is closed"), which replaces the original error; that
+    one stays its __context__, so the chain is searched, not only the exception raised.
+    """
+    seen: BaseException | None = exc
+    for _ in range(8):  # bounded: a chain could in principle loop
+        if seen is None:
+            return False
+        if isinstance(seen, (asyncpg.PostgresConnectionError, OSError)):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 async def create_pool(dsn: str, *, size: int = 8, **kwargs: Any) -> asyncpg.Pool:
     kwargs.setdefault("reset", _keep_session)
     pool = await asyncpg.create_pool(dsn, min_size=1, max_size=size, init=_init_connection, **kwargs)

@@ -27,6 +27,7 @@ import asyncpg
 import orjson
 
 import metrics
+from dialer import db
 from dialer.clock import Clock
 from dialer.settings import Settings
 from dialer.sql import Q
@@ -188,8 +189,10 @@ class WebhookDeliverer:
                     if free > 0 and (more or loop.time() >= next_poll):
                         next_poll = loop.time() + self._poll_seconds
                         more = await self._take(free) == free
-                except (asyncpg.PostgresConnectionError, OSError) as exc:
+                except Exception as exc:
                     # A database blip must not stop the worker; a bug (anything else) must.
+                    if not db.connection_lost(exc):
+                        raise
                     log.warning("webhook delivery failed, retrying: %s", exc)
                     more = False
                 # A POST that ends wakes us to record it (and, after a full take, to take more);

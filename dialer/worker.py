@@ -22,7 +22,7 @@ import asyncpg
 from prometheus_client import Counter
 
 import metrics
-from dialer import pacer, webhooks
+from dialer import db, pacer, webhooks
 from dialer.breaker import CircuitBreaker
 from dialer.clock import Clock
 from dialer.providers.base import (
@@ -234,8 +234,10 @@ class Worker:
         while True:
             try:
                 await fn()
-            except (asyncpg.PostgresConnectionError, OSError) as exc:
+            except Exception as exc:
                 # A database blip must not kill the worker; a bug (anything else) must.
+                if not db.connection_lost(exc):
+                    raise
                 log.warning("%s failed, retrying: %s", getattr(fn, "__name__", fn), exc)
             await asyncio.sleep(every)
 
@@ -265,7 +267,9 @@ class Worker:
             self._reserved += want
             try:
                 got = await self.claim_and_dial(want)
-            except (asyncpg.PostgresConnectionError, OSError) as exc:
+            except Exception as exc:
+                if not db.connection_lost(exc):
+                    raise
                 log.warning("claim failed, retrying: %s", exc)
                 got = 0
             finally:
@@ -494,7 +498,9 @@ class Worker:
             self._pace_wake.clear()
             try:
                 await self.pace()
-            except (asyncpg.PostgresConnectionError, OSError) as exc:
+            except Exception as exc:
+                if not db.connection_lost(exc):
+                    raise
                 log.warning("pacing failed, retrying: %s", exc)
 
     async def pace(self) -> None:
