@@ -30,7 +30,8 @@ def _result_body(result: str) -> bytes:
 
 @cache
 def _callbacks_counted(provider: str, result: str) -> Counter:
-    # Bounded (provider accounts times results); labels() takes a lock and validates on every call.
+    # Every callback counts once; labels() takes a lock and validates on every call. Bounded:
+    # provider accounts times results and rejection reasons.
     return metrics.CALLBACKS.labels(provider, result)
 
 
@@ -40,7 +41,6 @@ async def callback(request: web.Request) -> web.Response:
     provider = worker.providers.get(name)
     if provider is None:
         raise web.HTTPNotFound(text="unknown provider")
-    counter = metrics.CALLBACKS
     started = time.perf_counter()
     received_at = worker.clock.now()
     body = await request.read()
@@ -49,7 +49,7 @@ async def callback(request: web.Request) -> web.Response:
     if attempt is not None or token is not None:
         expected = callback_token(worker.settings.callback_secret.get().encode(), name, attempt or "")
         if not (attempt and token and hmac.compare_digest(token, expected)):
-            counter.labels(name, "bad_signature").inc()
+            _callbacks_counted(name, "bad_signature").inc()
             return web.json_response({"error": "bad_signature"}, status=401)
         token_attempt = attempt
     received = CallbackRequest(
@@ -66,11 +66,11 @@ async def callback(request: web.Request) -> web.Response:
         if token_attempt is not None and event.attempt_id != token_attempt:
             raise CallbackError("bad_signature", "callback body names another attempt than its token")
     except CallbackError as exc:
-        counter.labels(name, exc.reason).inc()
+        _callbacks_counted(name, exc.reason).inc()
         status = 401 if exc.reason == "bad_signature" else 400
         return web.json_response({"error": exc.reason}, status=status)
     except ValueError:
-        counter.labels(name, "malformed").inc()
+        _callbacks_counted(name, "malformed").inc()
         return web.json_response({"error": "malformed"}, status=400)
     happened_at = {"ended": event.ended_at, "answered": event.answered_at}.get(event.kind)
     if happened_at is not None:
@@ -83,7 +83,7 @@ async def callback(request: web.Request) -> web.Response:
     except Exception:
         # Not durable: answer 5xx so the provider redelivers (the sweeper is the last resort).
         log.exception("could not record callback")
-        counter.labels(name, "error").inc()
+        _callbacks_counted(name, "error").inc()
         return web.json_response({"error": "unavailable"}, status=503)
     _callbacks_counted(name, result).inc()
     metrics.CALLBACK_SECONDS.observe(time.perf_counter() - started)
