@@ -96,6 +96,11 @@ class Worker:
         self._inflight: dict[uuid.UUID, asyncio.Task[None]] = {}
         self._sent: set[uuid.UUID] = set()
         self._slots_free = asyncio.Event()
+        # Set while claims come back at least half full (due work beyond what one claim takes): only
+        # then do the extra claim loops claim. Once claims come back mostly empty, capacity (the
+        # campaigns' caps, pacing budgets, business hours) is what limits dialing, and one loop takes
+        # what frees up; every extra loop would walk the campaigns at their caps again for a few slots.
+        self._backlog = asyncio.Event()
         # Start requests in flight are capped here; claims run up to one batch ahead of the cap, so
         # the next batch is already claimed when slots free up instead of waiting a claim's round
         # trip with its slots reserved and idle (dispatch is bound by that latency, not by CPU).
@@ -182,6 +187,7 @@ class Worker:
         self._stopping = True
         self._wake.set()
         self._slots_free.set()
+        self._backlog.set()
         grace_ends = time.monotonic() + self.settings.shutdown_grace_seconds
         if self.webhooks is not None:
             self.webhooks.stop()  # takes no more events; its POSTs in flight finish below
@@ -246,7 +252,10 @@ class Worker:
     async def _claim_loop(self) -> None:
         # Several claim loops overlap one claim's database round trip with the previous batch's
         # sends. Slots are reserved before claiming so together they never exceed the in-flight cap.
-        loops = [asyncio.create_task(self._claim_one_loop()) for _ in range(self.settings.claim_concurrency)]
+        loops = [
+            asyncio.create_task(self._claim_one_loop(lead=i == 0))
+            for i in range(self.settings.claim_concurrency)
+        ]
         try:
             await asyncio.gather(*loops)
         finally:
@@ -254,9 +263,12 @@ class Worker:
                 task.cancel()
             await asyncio.gather(*loops, return_exceptions=True)
 
-    async def _claim_one_loop(self) -> None:
+    async def _claim_one_loop(self, *, lead: bool) -> None:
         s = self.settings
         while not self._stopping:
+            if not lead and not self._backlog.is_set():
+                await self._backlog.wait()
+                continue
             free = s.max_inflight_requests + s.claim_batch_size - len(self._inflight) - self._reserved
             if free <= 0:
                 self._slots_free.clear()
@@ -274,6 +286,11 @@ class Worker:
                 got = 0
             finally:
                 self._reserved -= want
+            # Half a batch or more: due work, not capacity, is what the claim ran into.
+            if 2 * got >= want:
+                self._backlog.set()
+            else:
+                self._backlog.clear()
             if got >= want:
                 await asyncio.sleep(0)  # more may be due right away; let sends and callbacks run
                 continue

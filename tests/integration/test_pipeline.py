@@ -8,7 +8,7 @@ import datetime as dt
 import hmac
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from hashlib import sha256
 from typing import Any
 
@@ -490,3 +490,57 @@ async def test_a_dying_claim_loop_stops_the_worker_cleanly(
         async with asyncio.timeout(5):
             await pool.expire_connections()
             assert pool.get_idle_size() == pool.get_size()  # nothing leaked: the listener came back
+
+
+async def test_extra_claim_loops_claim_only_while_claims_come_back_full(
+    pool: asyncpg.Pool, conn: asyncpg.Connection
+) -> None:
+    """With caps full, one claim loop takes what outcomes free; the others join only for a backlog.
+
+    Every outcome wakes the claim loops; three loops that all claimed would walk the campaigns at
+    their caps three times for the slots one walk takes (the two-worker full loop: 4,181 claims of
+    24 attempts where 2,472 of 40 did the same work).
+    """
+    async with stack(pool, conn) as st:
+        w = st.worker
+        w.settings = replace(w.settings, claim_concurrency=3)
+        active = peak = calls = 0
+        full = False
+        claimed = asyncio.Event()
+
+        async def fake_claim(limit: int) -> int:
+            nonlocal active, peak, calls
+            calls += 1
+            active += 1
+            peak = max(peak, active)
+            for _ in range(5):  # a claim's round trip: the other loops run meanwhile
+                await asyncio.sleep(0)
+            active -= 1
+            claimed.set()
+            return limit if full else 1  # short: capacity, not due work, limits the claim
+
+        w.claim_and_dial = fake_claim  # type: ignore[method-assign]
+        loops = asyncio.create_task(w._claim_loop())
+        try:
+            for _ in range(20):  # twenty outcome notifications while every campaign is at its cap
+                claimed.clear()
+                w._wake.set()
+                async with asyncio.timeout(5):
+                    await claimed.wait()
+                for _ in range(10):
+                    await asyncio.sleep(0)
+            assert peak == 1
+            assert calls >= 20
+            # A backlog (claims come back full): the other loops claim alongside.
+            full = True
+            w._wake.set()
+            async with asyncio.timeout(5):
+                while peak < 3:
+                    await asyncio.sleep(0)
+        finally:
+            w._stopping = True
+            w._backlog.set()
+            w._wake.set()
+            w._slots_free.set()
+            async with asyncio.timeout(5):
+                await loops
