@@ -123,7 +123,10 @@ class Settings:
     )
     claim_batch_size: int = field(default=100, metadata={"doc": "Most attempts one claim statement takes."})
     claim_concurrency: int = field(
-        default=2, metadata={"doc": "Claim loops per worker (overlaps a claim's round trip with sending)."}
+        default=2,
+        metadata={
+            "doc": "Claim loops per worker while claims come back at least half full (overlaps a claim's round trip with sending); one while capacity is the limit."
+        },
     )
     poll_interval_seconds: float = field(
         default=1.0,
