@@ -17,8 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
-import os
-import statistics
 import sys
 import time
 import uuid
@@ -28,7 +26,7 @@ import asyncpg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import Server
+from bench.common import Server, cpu_seconds, percentile
 from dialer import campaigns, db
 from dialer.sql import Q
 
@@ -85,11 +83,6 @@ async def _fill(conn: asyncpg.Connection, n_campaigns: int, cap: int) -> None:
         await conn.execute(f"ANALYZE {table}")
 
 
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 async def measure(server: Server, n_campaigns: int, cap: int, claims: int) -> str:
     async with server.database(f"walk{cap}") as dsn:
         conn = await db.connect(dsn)
@@ -98,20 +91,19 @@ async def measure(server: Server, n_campaigns: int, cap: int, claims: int) -> st
             pid = int(await conn.fetchval("SELECT pg_backend_pid()"))
             worker = uuid.uuid4()
             times: list[float] = []
-            cpu0 = _cpu_seconds(pid)
+            cpu0 = cpu_seconds(pid)
             for _ in range(claims):
                 started = time.perf_counter()
                 rows = await conn.fetch(Q.claim, worker, 100, NOW, 30, [])
                 times.append(time.perf_counter() - started)
                 if rows:
                     raise RuntimeError(f"a claim dialed {len(rows)}: the campaigns are not at their caps")
-            cpu = (_cpu_seconds(pid) - cpu0) / claims
+            cpu = (cpu_seconds(pid) - cpu0) / claims
         finally:
             await conn.close()
-    times.sort()
     return (
         f"{n_campaigns} campaigns x {cap} live calls ({n_campaigns * cap:,} live): claim finding all at"
-        f" their caps: median {statistics.median(times) * 1000:.2f} ms, p90 {times[int(len(times) * 0.9)] * 1000:.2f} ms,"
+        f" their caps: median {percentile(times, 50) * 1000:.2f} ms, p90 {percentile(times, 90) * 1000:.2f} ms,"
         f" Postgres backend CPU {cpu * 1000:.2f} ms per claim"
     )
 
