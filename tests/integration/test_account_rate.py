@@ -115,9 +115,15 @@ async def test_the_table_refuses_an_impossible_rate(conn: asyncpg.Connection) ->
 @pytest.mark.slow
 async def test_three_workers_hold_the_account_rate_together(dsn: str, conn: asyncpg.Connection) -> None:
     """3 workers, each configured with the account's 20 calls/s: together they start at most 20 in
-    any second (each alone would allow 20, so 60), as the claims and the provider both show."""
+    any second (each alone would allow 20, so 60), as the claims and the provider both show.
+
+    Every start request is answered after 0.4 s and a worker holds at most 5 unanswered plus a
+    claim of 5, so no worker can take a whole second's 20 alone: the others (polling every 50 ms)
+    must take part, whichever worker's timer happens to fire first when the window frees."""
     async with simulator(
         time_scale=0.002,
+        slow_response_probability=1,
+        slow_response_seconds=0.4,
         answer_probability=1,
         busy_probability=0,
         no_answer_probability=0,
@@ -129,7 +135,16 @@ async def test_three_workers_hold_the_account_rate_together(dsn: str, conn: asyn
                 conn, name=name, now=now, max_concurrent_calls=100, max_calls_per_second=100, max_retries=0
             )
             await add_numbers(conn, row["id"], 50, now=now, offset=1000 * i)
-        workers = [spawn(dsn, sim.base_url, DIALER_PROVIDER_MAX_CALLS_PER_SECOND="20") for _ in range(3)]
+        workers = [
+            spawn(
+                dsn,
+                sim.base_url,
+                DIALER_PROVIDER_MAX_CALLS_PER_SECOND="20",
+                DIALER_MAX_INFLIGHT_REQUESTS="5",
+                DIALER_CLAIM_BATCH_SIZE="5",
+            )
+            for _ in range(3)
+        ]
         with reap(workers):
             await wait_ready(workers)
             await wait_until(
