@@ -43,8 +43,9 @@ _PAYCALL_IVR: Final[Mapping[str, Any]] = {
 }
 
 
-def _generic_config() -> dict[str, Any]:
-    """The generic adapter described for the simulator's `http` dialect (dialer/simdialects/http.py)."""
+def generic_http_config() -> dict[str, Any]:
+    """The generic adapter's options (kind `http`) for the simulator's `http` dialect
+    (dialer/simdialects/http.py): the demo's account, and the adapter's contract tests."""
     auth = {"X-Api-Key": "{secret:api_key}"}
     return {
         "start": {
@@ -320,7 +321,7 @@ def plan(kind: str, worker_urls: Sequence[str]) -> DemoProvider:
             "kind": "http",
             "api_key_env": "DIALER_DEMO_HTTP_API_KEY",
             "webhook_secret_env": "DIALER_DEMO_HTTP_WEBHOOK_SECRET",
-            **_generic_config(),
+            **generic_http_config(),
         },
         secret_env={"DIALER_DEMO_HTTP_API_KEY": key, "DIALER_DEMO_HTTP_WEBHOOK_SECRET": webhook_secret},
     )

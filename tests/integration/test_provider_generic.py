@@ -25,6 +25,7 @@ import pytest
 from aiohttp import web
 
 from dialer.demo import free_port
+from dialer.demo_providers import generic_http_config
 from dialer.providers import ProviderAccount, load_accounts
 from dialer.providers.base import (
     CallbackError,
@@ -45,74 +46,11 @@ API_KEY = "key-4f1c9a"
 WEBHOOK_SECRET = "whsec-77d0"
 ATTEMPT = "6f1c2b9e-0d7a-4c55-9e3b-0b8d9f6a1e42"
 CALLBACK_URL = f"http://dialer.test/callbacks/acme?attempt={ATTEMPT}&token=abc123"
-AUTH = {"X-Api-Key": "{secret:api_key}"}
 
 
 def dialect_config() -> dict[str, Any]:
-    """The generic adapter configured for the simulator's `http` dialect (see dialer/simdialects/http.py)."""
-    return {
-        "start": {
-            "method": "POST",
-            "path": "/api/calls",
-            "encoding": "json",
-            "headers": dict(AUTH),
-            "body": {
-                "ref": "{attempt_id}",
-                "to": "{to}",
-                "from": "{from}",
-                "ring_timeout": "{ring_timeout_seconds}",
-                "notify_url": "{callback_url}",
-                "digits": "{dtmf}",
-                "tag": "{campaign}",
-            },
-        },
-        "start_response": {"call_id": "call.id"},
-        "error_map": [
-            {
-                "status": 400,
-                "path": "error.code",
-                "value": "bad_number",
-                "kind": "rejected",
-                "outcome": "invalid_number",
-            },
-            {"status": 429, "path": "error.processed", "value": False, "kind": "rate_limited"},
-        ],
-        "callback": {
-            "attempt_id": "ref",
-            "call_id": "call.id",
-            "status": "call.state",
-            "status_map": {
-                "queued": "ringing",
-                "ringing": "ringing",
-                "talking": "answered",
-                "completed": "answered_human",
-                "busy": "busy",
-                "no_answer": "no_answer",
-                "failed": "from_cause",
-                "canceled": "canceled",
-            },
-            "answered_at": "call.answered_at",
-            "ended_at": "call.ended_at",
-            "duration": "call.duration",
-            "billsec": "call.billed",
-            "cause": "call.q850",
-            "sip": "call.sip",
-            "signature": {
-                "header": "X-Signature",
-                "algorithm": "hmac-sha256",
-                "secret": "webhook_secret",
-                "encoding": "base64",
-                "signed": "url+body",
-            },
-        },
-        "lookup": {
-            "method": "GET",
-            "path": "/api/calls/by-ref/{attempt_id}",
-            "headers": dict(AUTH),
-            "not_found_means_never_received": True,
-        },
-        "hangup": {"method": "POST", "path": "/api/calls/by-ref/{attempt_id}/hangup", "headers": dict(AUTH)},
-    }
+    """The generic adapter configured for the simulator's `http` dialect, as the demo configures it."""
+    return generic_http_config()
 
 
 def account(base_url: str = "http://acme.test", **options: Any) -> ProviderAccount:
