@@ -465,3 +465,24 @@ def test_agents_in_wrap_up_are_counted_free_at_their_known_release() -> None:
     # Time since bridge alone (122 s into calls that end at 120 s) bets on the agents released in 15 s.
     blind = decide(PREDICTIVE, state(busy=(30.0,) * 17 + (122.0,) * 3), e)
     assert blind.new_attempts is not None and blind.new_attempts > 0
+
+
+def test_the_frontier_benchmark_runs_the_rule_without_loop_or_rails() -> None:
+    """bench/pacing_frontier.py's fixed-risk settings: 10% abandoned over the 24 h fires no rail and
+    leaves the correction at exactly 1, so every line is dialled at the risk asked for; the same
+    history under the defaults falls back to progressive."""
+    from bench.pacing_frontier import open_loop
+
+    fixed = open_loop(0.06)
+    assert fixed.max_abandon_rate * fixed.base_risk_factor == pytest.approx(0.06)
+    agents = state(free=3, busy=(115.0,) * 17)
+    decisions = {}
+    for name, chosen in (("fixed", fixed), ("default", PREDICTIVE)):
+        est = Estimator(chosen)
+        now = feed(est, T0, answered=200, abandoned=20)
+        e = est.estimates(now)
+        assert e.abandon_rate_24h == pytest.approx(0.10)
+        decisions[name] = decide(chosen, agents, e)
+    assert decisions["fixed"].reason == "predictive"
+    assert decisions["fixed"].correction == 1.0
+    assert decisions["default"].reason == "over_target_fallback_progressive"
