@@ -24,6 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.predictive import TARGET_ABANDON, Cell
 from scheduler.callcenter import CallCenterConfig, SimResult, simulate
 from scheduler.pacing import PacingSettings
 
@@ -54,13 +55,12 @@ def seeds_of(text: str) -> list[int]:
     return [int(x) for x in text.split(",")]
 
 
-def row(label: str, runs: list[SimResult]) -> str:
-    occupancy = sum(r.occupancy for r in runs) / len(runs)
-    answered = sum(r.answered for r in runs)
-    pooled = sum(r.abandoned for r in runs) / answered if answered else 0.0
-    worst = max(r.abandon_rate for r in runs)
-    over = sum(r.abandon_rate > 0.03 for r in runs)
-    return f"| {label} | {occupancy:.2%} | {pooled:.2%} | {worst:.2%} | {over} of {len(runs)} |"
+def row(label: str, cell: Cell) -> str:
+    over = sum(r.abandon_rate > TARGET_ABANDON for r in cell.runs)
+    return (
+        f"| {label} | {cell.occupancy:.2%} | {cell.abandon:.2%} | {cell.worst_abandon:.2%} |"
+        f" {over} of {len(cell.runs)} |"
+    )
 
 
 def main() -> None:
@@ -89,8 +89,8 @@ def main() -> None:
     )
     with ProcessPoolExecutor(args.processes) as pool:
         for label, settings in variants:
-            runs = list(pool.map(_run, [(c, settings) for c in configs]))
-            print(row(label, runs), flush=True)
+            runs = tuple(pool.map(_run, [(c, settings) for c in configs]))
+            print(row(label, Cell(args.agents, args.answer_rate, settings.mode.value, runs)), flush=True)
     print(f"\n{time.perf_counter() - started:.0f} s", file=sys.stderr)
 
 
