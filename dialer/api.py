@@ -33,7 +33,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 import metrics
-from dialer import campaigns, ingest
+from dialer import campaigns, ingest, zones
 from dialer.clock import Clock
 from dialer.providers import paycall
 from dialer.settings import Settings
@@ -82,7 +82,7 @@ CAMPAIGN_FIELDS = (
     "agents_logged_in",
 )
 _CAMPAIGN_READ_ONLY = ("status", "status_reason", "created_at", "updated_at")
-NUMBER_FIELDS = ("phone", "caller_id", "dtmf", "priority", "payload")
+NUMBER_FIELDS = ("phone", "caller_id", "dtmf", "priority", "payload", "time_zone")
 # The Upcall seed's number statuses, over ours: "incompleted" is tried but not finished, and
 # "voicemail" is a number completed by an answering machine.
 NUMBER_STATUS_FILTERS: dict[str, tuple[list[str], bool | None]] = {
@@ -884,6 +884,13 @@ def _number_item(
             out["priority"] = priority
         else:
             errors.append(_invalid(f"{base}/attributes/priority", "an integer between -1000 and 1000"))
+    zone = attrs.get("time_zone")
+    if zone is not None:
+        why = zones.zone_name_error(zone)
+        if why is None:
+            out["time_zone"] = zone
+        else:
+            errors.append(_invalid(f"{base}/attributes/time_zone", why))
     if "payload" in attrs:
         out["payload"] = attrs["payload"]
     return (None if errors else out), errors

@@ -321,6 +321,13 @@ def spec() -> dict[str, Any]:
                     "dtmf": {"type": ["string", "null"], "pattern": "^[0-9#*Ww]{1,64}$"},
                     "priority": _int(-1000, 1000),
                     "payload": {"description": "Any JSON, returned in webhooks and number reads"},
+                    "time_zone": {
+                        "type": ["string", "null"],
+                        "description": "The callee's IANA time zone as upstream knows it (the lead's "
+                        "address): the calling window must be open there and in the number's own "
+                        "zones, or there alone when the two share no window",
+                        "examples": ["America/Chicago"],
+                    },
                 },
                 ["phone"],
                 additionalProperties=False,

@@ -1035,6 +1035,23 @@ CREATE TABLE dialer_phone_nongeo (
     fixed        text
 );
 
+-- The zones, or NULL when they lie more than 6 h apart at either reference instant (January and July,
+-- so DST cannot hide a spread): such zones share no calling window, so "the most restrictive" would
+-- never open (a +1 non-geographic number gets 42, Guam to Newfoundland). dialer/zones.py decides
+-- the same in Python.
+CREATE FUNCTION dialer_zones_placed(p_zones text[]) RETURNS text[]
+LANGUAGE sql STABLE AS $$
+    SELECT CASE WHEN EXISTS (
+                    SELECT 1
+                      FROM (VALUES (timestamptz '2026-01-15 12:00+00'), (timestamptz '2026-07-15 12:00+00')) AS t(at)
+                     CROSS JOIN LATERAL (
+                           SELECT max(x.o) - min(x.o) AS spread
+                             FROM unnest(p_zones) AS z(zone)
+                            CROSS JOIN LATERAL (SELECT (t.at AT TIME ZONE z.zone) - (t.at AT TIME ZONE 'UTC') AS o) x) s
+                     WHERE s.spread > interval '6 hours')
+                THEN NULL ELSE p_zones END
+$$;
+
 -- A number's zones as phonenumbers.timezone.time_zones_for_number gives them (NULL for unknown):
 -- non-geographical numbers by calling code, the others by the longest prefix of their digits.
 CREATE FUNCTION dialer_callee_zones(p_phone text) RETURNS text[]
@@ -1061,20 +1078,28 @@ BEGIN
      WHERE z.prefix IN (SELECT left(key, l) FROM generate_series(1, least(length(key), 10)) AS l)
      ORDER BY length(z.prefix) DESC
      LIMIT 1;
-    -- Zones more than 6 h apart (a +1 non-geographic number gets 42, Guam to Newfoundland) share
-    -- no calling window, so "the most restrictive" would never open: phonenumbers cannot place
-    -- the callee, and the campaign's zone applies (dialer/zones.py decides the same in Python).
-    IF result IS NOT NULL AND EXISTS (
-        SELECT 1
-          FROM (VALUES (timestamptz '2026-01-15 12:00+00'), (timestamptz '2026-07-15 12:00+00')) AS t(at)
-         CROSS JOIN LATERAL (
-               SELECT max(x.o) - min(x.o) AS spread
-                 FROM unnest(result) AS z(zone)
-                CROSS JOIN LATERAL (SELECT (t.at AT TIME ZONE z.zone) - (t.at AT TIME ZONE 'UTC') AS o) x) s
-         WHERE s.spread > interval '6 hours') THEN
-        RETURN NULL;
+    RETURN dialer_zones_placed(result);
+END;
+$$;
+
+-- The zones a number's calling window is judged in, given the callee's zone as upstream knows it
+-- (from the lead's address; NULL when not given). Both the number's zones and that one count, the
+-- most restrictive winning, as compliance practice has it when an area code and an address
+-- disagree; when together they share no window, upstream's zone alone, since the number only
+-- suggests where its owner is (ported, moved, a mobile), and it alone when the number cannot be
+-- placed. NULL (the campaign's zone applies) only when neither says anything.
+CREATE FUNCTION dialer_number_zones(p_phone text, p_time_zone text) RETURNS text[]
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    derived text[] := dialer_callee_zones(p_phone);
+BEGIN
+    IF p_time_zone IS NULL OR p_time_zone = ANY (derived) THEN
+        RETURN derived;
     END IF;
-    RETURN result;
+    IF derived IS NULL THEN
+        RETURN ARRAY[p_time_zone];
+    END IF;
+    RETURN coalesce(dialer_zones_placed(derived || p_time_zone), ARRAY[p_time_zone]);
 END;
 $$;
 
@@ -1129,7 +1154,8 @@ BEGIN
     END IF;
 
     CREATE TEMPORARY TABLE IF NOT EXISTS dialer_enqueue_items (
-        idx integer, phone text, caller_id text, dtmf text, priority integer, payload jsonb, error text
+        idx integer, phone text, caller_id text, dtmf text, priority integer, payload jsonb, time_zone text,
+        error text
     ) ON COMMIT DROP;
     TRUNCATE dialer_enqueue_items;
     INSERT INTO dialer_enqueue_items
@@ -1139,6 +1165,7 @@ BEGIN
            CASE WHEN jsonb_typeof(e.item -> 'priority') = 'number'
                      AND (e.item ->> 'priority') ~ '^-?[0-9]{1,4}$' THEN (e.item ->> 'priority')::integer END,
            e.item -> 'payload',
+           CASE WHEN jsonb_typeof(e.item -> 'time_zone') = 'string' THEN e.item ->> 'time_zone' END,
            CASE
                WHEN jsonb_typeof(e.item) NOT IN ('string', 'object') THEN 'must be a phone string or an object'
                WHEN jsonb_typeof(e.item) = 'object' AND jsonb_typeof(e.item -> 'phone') IS DISTINCT FROM 'string'
@@ -1156,8 +1183,19 @@ BEGIN
                     AND NOT (jsonb_typeof(e.item -> 'priority') = 'number' AND (e.item ->> 'priority') ~ '^-?[0-9]{1,4}$'
                              AND abs((e.item ->> 'priority')::integer) <= 1000)
                    THEN 'priority: an integer between -1000 and 1000'
+               WHEN jsonb_typeof(e.item) = 'object' AND e.item ? 'time_zone' AND jsonb_typeof(e.item -> 'time_zone') <> 'null'
+                    AND jsonb_typeof(e.item -> 'time_zone') <> 'string'
+                   THEN 'time_zone: an IANA time zone name such as America/Chicago'
            END
       FROM jsonb_array_elements(p_numbers) WITH ORDINALITY AS e(item, idx);
+
+    -- pg_timezone_names reads the whole zone database (tens of ms): only when a zone was given.
+    IF EXISTS (SELECT 1 FROM dialer_enqueue_items WHERE time_zone IS NOT NULL AND error IS NULL) THEN
+        UPDATE dialer_enqueue_items i
+           SET error = 'time_zone: unknown time zone ' || to_json(i.time_zone)::text
+         WHERE i.time_zone IS NOT NULL AND i.error IS NULL
+           AND NOT EXISTS (SELECT 1 FROM pg_timezone_names k WHERE k.name = i.time_zone);
+    END IF;
 
     SELECT jsonb_agg(jsonb_build_object('index', idx, 'error', error) ORDER BY idx) INTO bad
       FROM dialer_enqueue_items WHERE error IS NOT NULL;
@@ -1169,7 +1207,7 @@ BEGIN
     INSERT INTO dialer_number (campaign_id, phone, caller_id, dtmf, priority, payload, next_attempt_at,
                                created_at, updated_at, callee_zones)
     SELECT camp.id, i.phone, i.caller_id, i.dtmf, coalesce(i.priority, 0), i.payload, p_now, p_now, p_now,
-           dialer_callee_zones(i.phone)
+           dialer_number_zones(i.phone, i.time_zone)
       FROM dialer_enqueue_items i
      ORDER BY i.idx
     ON CONFLICT (campaign_id, phone) DO NOTHING;

@@ -630,6 +630,31 @@ async def test_number_attributes_are_validated_and_stored(client: Client) -> Non
     }
 
 
+async def test_number_time_zone_from_upstream(client: Client) -> None:
+    """time_zone (the lead's address) joins the number's zones, visible as callee_zones; an unknown
+    one is named at its pointer, and with meta.partial only that number is left out."""
+    cid = await create(client)
+    path = f"/v1/campaigns/{cid}/numbers"
+    item = {"type": "numbers", "attributes": {"phone": phone(1), "time_zone": "America/Chicago"}}
+    status, _ = await client.call("POST", path, {"data": [item]})
+    assert status == 201
+    status, doc = await client.call("GET", f"{path}?phone={phone(1)}")
+    assert status == 200 and doc["data"][0]["attributes"]["callee_zones"] == [
+        "America/New_York",
+        "America/Chicago",
+    ]
+    bad = {"type": "numbers", "attributes": {"phone": phone(2), "time_zone": "Mars/Olympus_Mons"}}
+    good = {"type": "numbers", "attributes": {"phone": phone(3), "time_zone": None}}
+    status, doc = await client.call("POST", path, {"data": [good, bad]})
+    assert status == 422
+    assert [(e["source"]["pointer"], e["detail"]) for e in doc["errors"]] == [
+        ("/data/1/attributes/time_zone", "unknown time zone 'Mars/Olympus_Mons'")
+    ]
+    assert await client.conn.fetchval("SELECT count(*) FROM dialer_number") == 1
+    status, doc = await client.call("POST", path, {"data": [good, bad], "meta": {"partial": True}})
+    assert status == 201 and (doc["meta"]["added"], doc["meta"]["rejected"]) == (1, 1)
+
+
 async def test_numbers_list_filters_by_upcall_status_and_phone(client: Client) -> None:
     """status=untried|incompleted|completed|voicemail|… and phone filter the campaign's numbers."""
     cid = await create(client)

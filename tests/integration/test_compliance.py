@@ -11,6 +11,7 @@ from typing import Any
 
 import aiohttp
 import asyncpg
+import orjson
 import phonenumbers
 import phonenumbers.timezone
 import pytest
@@ -141,6 +142,65 @@ async def test_every_enqueue_path_stores_the_zones(conn: asyncpg.Connection) -> 
         SYDNEY: ["Australia/Sydney"],
     }
     assert cid
+
+
+async def test_upstream_time_zone_joins_the_numbers_own_zones(conn: asyncpg.Connection) -> None:
+    """A zone from upstream (the lead's address) counts with the number's zones, the most
+    restrictive winning; alone when the two share no window or the number cannot be placed."""
+    wide = "+12684641234"  # placed nowhere: phonenumbers names every NANP zone
+
+    async def zones(phone: str, zone: str | None) -> list[str] | None:
+        result = await conn.fetchval("SELECT dialer_number_zones($1, $2)", phone, zone)
+        return None if result is None else list(result)
+
+    assert await zones(NY, None) == ["America/New_York"]
+    assert await zones(UIFN, None) is None
+    assert await zones(NY, "America/New_York") == ["America/New_York"]
+    assert await zones(NY, "America/Chicago") == ["America/New_York", "America/Chicago"]
+    assert await zones(IDAHO, "America/Denver") == ["America/Boise", "America/Los_Angeles", "America/Denver"]
+    assert await zones(NY, "Asia/Tokyo") == ["Asia/Tokyo"]  # 14 h apart: no shared window
+    assert await zones(wide, "America/Chicago") == ["America/Chicago"]
+    assert await zones(UIFN, "Europe/Paris") == ["Europe/Paris"]
+
+
+async def test_enqueue_with_an_upstream_zone_holds_the_number_to_that_zones_window(
+    conn: asyncpg.Connection,
+) -> None:
+    """A New York number whose lead lives in Los Angeles: at 08:30 in New York it is 05:30 there,
+    so it waits for 08:00 in Los Angeles; the same number without a zone is dialed at once."""
+    now = utc(2026, 11, 25, 13, 30)  # 08:30 EST, 05:30 PST
+    cid = await campaign(conn, [], now=now)
+    items = [
+        {"phone": NY, "time_zone": "America/Los_Angeles"},
+        {"phone": "+12125550101", "time_zone": None},
+    ]
+    result = await conn.fetchval(Q.api_enqueue, "c1", items, None, now)
+    assert result["added"] == 2
+    assert [r["phone"] for r in await claim(conn, now)] == ["+12125550101"]
+    n = await number(conn, cid, NY)
+    assert n["callee_zones"] == ["America/New_York", "America/Los_Angeles"]
+    assert n["held_reason"] == "callee_window" and n["next_attempt_at"] == utc(2026, 11, 25, 16, 0)
+    assert [r["phone"] for r in await claim(conn, utc(2026, 11, 25, 16, 0))] == [NY]
+
+
+async def test_a_bad_upstream_zone_rejects_the_call_and_changes_nothing(conn: asyncpg.Connection) -> None:
+    """An unknown zone name or a non-string is a bad item: the whole call is rejected, naming each."""
+    await campaign(conn, [])
+    items = [
+        {"phone": NY, "time_zone": "America/Chicago"},
+        {"phone": "+12125550101", "time_zone": "Mars/Olympus_Mons"},
+        {"phone": "+12125550102", "time_zone": 5},
+        {"phone": "+12125550103", "time_zone": "america/chicago"},
+    ]
+    with pytest.raises(asyncpg.InvalidParameterValueError) as caught:
+        await conn.fetchval(Q.api_enqueue, "c1", items, None, NOW)
+    assert caught.value.detail is not None
+    assert orjson.loads(caught.value.detail) == [
+        {"index": 1, "error": 'time_zone: unknown time zone "Mars/Olympus_Mons"'},
+        {"index": 2, "error": "time_zone: an IANA time zone name such as America/Chicago"},
+        {"index": 3, "error": 'time_zone: unknown time zone "america/chicago"'},
+    ]
+    assert await conn.fetchval("SELECT count(*) FROM dialer_number") == 0
 
 
 # ---------------------------------------------------------------- calling window
