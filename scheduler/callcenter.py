@@ -57,6 +57,10 @@ class CallCenterConfig:
     # worker can (the call's end arrives by the provider's callback; release = end + wrap-up).
     # False: only each busy agent's time since its bridge, as before the worker reported it.
     report_wrap_up: bool = True
+    # Benchmark device, not a dialer: tell the controller when every busy agent will be released,
+    # talking ones included (their talk time is drawn at the bridge), as if each were in wrap-up
+    # with a known end. No dialer knows this; it measures what perfect agent foresight is worth.
+    reveal_releases: bool = False
 
     def __post_init__(self) -> None:
         if self.agents < 0:
@@ -175,12 +179,15 @@ def simulate(config: CallCenterConfig, settings: PacingSettings) -> SimResult:
         while heap and heap[0][0] <= tick:
             at, _, kind, call, value = heapq.heappop(heap)
             process(at, kind, call, value)
-        if config.report_wrap_up:
+        talking: list[float]
+        wrap_up: list[float] | None
+        if config.reveal_releases:
+            talking = []
+            wrap_up = [talk_end + wrap - tick for _, talk_end in busy.values()]
+        elif config.report_wrap_up:
             # Only a call that has ended is known to have ended: the rest are still talking.
             talking = [tick - s for s, talk_end in busy.values() if talk_end > tick]
-            wrap_up: list[float] | None = [
-                talk_end + wrap - tick for _, talk_end in busy.values() if talk_end <= tick
-            ]
+            wrap_up = [talk_end + wrap - tick for _, talk_end in busy.values() if talk_end <= tick]
         else:
             talking, wrap_up = [tick - s for s, _ in busy.values()], None
         if tick >= next_estimate:

@@ -3,6 +3,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import statistics
+from collections import Counter
 from dataclasses import replace
 from typing import Any
 
@@ -165,3 +166,41 @@ def test_wrap_up_state_raises_occupancy_at_the_same_abandonment() -> None:
     blind = run(replace(HOUR_20_AGENTS, report_wrap_up=False), PREDICTIVE)
     assert told.occupancy > blind.occupancy + 0.01
     assert told.abandon_rate <= 0.03
+
+
+def test_revealed_releases_are_every_busy_agents_true_release(monkeypatch: pytest.MonkeyPatch) -> None:
+    """reveal_releases (benchmark only) reports every busy agent, talking ones too, as a known
+    release, and each is released when it said: the controller is told the future exactly."""
+    import scheduler.callcenter as callcenter
+    from scheduler.pacing import decide
+
+    seen: list[tuple[float, Any]] = []
+    clock = iter(range(10**9))
+
+    def spy(settings: PacingSettings, state: Any, est: Any) -> Any:
+        seen.append((float(next(clock)), state))
+        return decide(settings, state, est)
+
+    monkeypatch.setattr(callcenter, "decide", spy)
+    config = replace(HOUR_20_AGENTS, hours=0.25, reveal_releases=True)
+    simulate(config, PREDICTIVE)
+    busy_ticks = [(t, s) for t, s in seen if s.agents_busy]
+    assert busy_ticks and all(not s.busy_elapsed_seconds for _, s in busy_ticks)
+    # Talking agents are revealed too: releases further off than the 10 s wrap-up.
+    assert any(r > config.wrap_up_seconds for _, s in busy_ticks for r in s.wrap_up_remaining_seconds)
+    # Each release is a fixed instant (tick + remaining): the same a second later unless it is due,
+    # and gone once due (the agent was freed). Rounded, since the remaining times are float sums.
+    by_tick = dict(seen)
+    checked = 0
+    for t, s in busy_ticks:
+        nxt = by_tick.get(t + 1)
+        if nxt is None:
+            continue
+        now = Counter(round(t + r, 6) for r in s.wrap_up_remaining_seconds)
+        later = Counter(round(t + 1 + r, 6) for r in nxt.wrap_up_remaining_seconds)
+        assert not +(Counter({k: n for k, n in now.items() if k > t + 1}) - later)
+        assert all(k > t + 1 for k in later)
+        checked += 1
+    assert checked > 100
+    blind = simulate(replace(config, reveal_releases=False), PREDICTIVE)
+    assert simulate(config, PREDICTIVE) != blind
