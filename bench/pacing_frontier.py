@@ -97,9 +97,9 @@ def main() -> None:
         )
         for s in seeds
     ]
-    revealed = [replace(c, reveal_releases=True) for c in configs]
     variants = [(f"fixed risk {r:g}, no loop, no rails", configs, open_loop(r)) for r in risks]
     if args.reveal_releases:
+        revealed = [replace(c, reveal_releases=True) for c in configs]
         variants += [(f"fixed risk {r:g}, every release revealed", revealed, open_loop(r)) for r in risks]
     variants.append(("the controller as configured (loop and rails)", configs, PacingSettings()))
     started = time.perf_counter()

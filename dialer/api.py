@@ -33,11 +33,12 @@ from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 import metrics
-from dialer import campaigns, ingest, zones
+from dialer import campaigns, ingest
 from dialer.clock import Clock
 from dialer.providers import paycall
 from dialer.settings import Settings
 from dialer.sql import Q
+from scheduler import hours
 
 log = logging.getLogger(__name__)
 
@@ -886,11 +887,12 @@ def _number_item(
             errors.append(_invalid(f"{base}/attributes/priority", "an integer between -1000 and 1000"))
     zone = attrs.get("time_zone")
     if zone is not None:
-        why = zones.zone_name_error(zone)
-        if why is None:
+        # dialer_enqueue() checks it again against the zones PostgreSQL knows, which decide.
+        try:
+            hours.load_zone(zone)
             out["time_zone"] = zone
-        else:
-            errors.append(_invalid(f"{base}/attributes/time_zone", why))
+        except hours.HoursError as exc:
+            errors.append(_invalid(f"{base}/attributes/time_zone", str(exc)))
     if "payload" in attrs:
         out["payload"] = attrs["payload"]
     return (None if errors else out), errors

@@ -65,21 +65,6 @@ def _placed(zones: list[str]) -> list[str] | None:
     return zones
 
 
-@functools.cache
-def _iana_names() -> frozenset[str]:
-    return frozenset(zoneinfo.available_timezones())
-
-
-def zone_name_error(value: object) -> str | None:
-    """Why `value` is not a callee time zone upstream may give, or None. An IANA name this Python
-    knows; dialer_enqueue() checks it again against the zones PostgreSQL knows, which decide."""
-    if not isinstance(value, str):
-        return "an IANA time zone name such as America/Chicago"
-    if value not in _iana_names():
-        return f"unknown time zone {value[:64]!r}"
-    return None
-
-
 def callee_zones(phone: str, known: frozenset[str] | None = None) -> list[str] | None:
     """The number's zones as phonenumbers gives them; None when unknown or too spread out (the
     campaign's zone applies). `known` keeps only zones the database knows. The reference for

@@ -90,7 +90,7 @@ class BusinessHours:
     _ranges: tuple[tuple[_LocalRange, ...], ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "_zone", _load_zone(self.time_zone))
+        object.__setattr__(self, "_zone", load_zone(self.time_zone))
         by_weekday: list[list[_LocalRange]] = [[] for _ in range(7)]
         for entry in self.entries:
             # Retreaver counts from Sunday; date.weekday() from Monday.
@@ -217,7 +217,9 @@ def _offset(zone: ZoneInfo, wall: datetime) -> timedelta:
     return offset
 
 
-def _load_zone(name: str) -> ZoneInfo:
+def load_zone(name: str) -> ZoneInfo:
+    """The zone; HoursError names a non-string or an unknown name (campaigns, and upstream's callee
+    zones, are checked by this one rule)."""
     if not isinstance(name, str):
         raise HoursError(f"time zone must be a string, got {type(name).__name__}")
     try:
